@@ -1,0 +1,117 @@
+# kmesh-go build and test entry points. `make help` lists them.
+#
+# Everything a target needs is installed by `make deps` (apt packages, guest
+# kernels, Go modules); `make test` and `make demo` run it first, so a fresh
+# Debian 12 machine goes from clone to green with one command.
+
+SHELL       := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+GO          ?= go
+export PATH := /usr/local/go/bin:$(PATH)
+
+KMESH_CACHE ?= /var/cache/kmesh-go
+export KMESH_CACHE
+BUILD       := $(CURDIR)/.build
+
+# Kernel ABIs resolved by `make deps` from Debian's metapackages.
+-include $(KMESH_CACHE)/kver.mk
+KHEADERS    ?= $(KMESH_CACHE)/headers/$(KVER_612)/usr/src/linux-headers-$(KVER_612)
+
+GO_BINS     := kmeshd kmeshctl
+VMTEST      := $(GO) run ./test/vm/vmtest
+
+.PHONY: help all build deps generate check-generated vmlinux lint kmod kmod-clean \
+        test test-go vmtest demo bench bench-smoke clean uninstall
+
+help:
+	@echo "make deps            install toolchain, guest kernels, Go modules (root)"
+	@echo "make build           build kmeshd and kmeshctl into .build/"
+	@echo "make generate        regenerate bpf2go bindings and objects (needs clang-19)"
+	@echo "make vmlinux         regenerate bpf/include/vmlinux.h from the 6.12 headers' BTF"
+	@echo "make kmod            build kmod/kmesh.ko against the Debian 6.12 headers (W=1)"
+	@echo "make test            all checks and all three test tiers (root)"
+	@echo "make vmtest          the VM tier only: qemu/TCG on Debian 6.12 and 6.1"
+	@echo "make demo            the embedded-control-plane demo (root)"
+	@echo "make bench           full benchmark run; bench-smoke is the CI-sized one"
+
+all: build
+
+build:
+	@mkdir -p $(BUILD)
+	$(foreach b,$(GO_BINS),CGO_ENABLED=0 $(GO) build -trimpath -o $(BUILD)/$(b) ./daemon/$(b) &&) true
+
+deps:
+	@out=$$(bash .ci/deps.sh) && mkdir -p $(KMESH_CACHE) && \
+	  echo "$$out" | grep -E "^(KVER_612|KVER_61|KHEADERS)=" > $(KMESH_CACHE)/kver.mk.tmp && \
+	  mv $(KMESH_CACHE)/kver.mk.tmp $(KMESH_CACHE)/kver.mk && cat $(KMESH_CACHE)/kver.mk
+
+# --- BPF code generation -------------------------------------------------------
+
+generate:
+	$(GO) generate ./pkg/bpf/...
+
+# Fails when the committed bpf2go output differs from what the sources produce.
+GENERATED := pkg/bpf/objs
+check-generated: generate
+	@if ! git diff --quiet -- $(GENERATED) || [ -n "$$(git ls-files --others --exclude-standard -- $(GENERATED))" ]; then \
+	  echo "check-generated: committed bpf2go output is stale; run 'make generate' and commit:"; \
+	  git status --short -- $(GENERATED); exit 1; fi
+	@echo "check-generated: bpf2go output is up to date"
+
+vmlinux:
+	bpftool btf dump file $(KHEADERS)/vmlinux format c > bpf/include/vmlinux.h
+
+# --- checks --------------------------------------------------------------------
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	$(GO) tool staticcheck ./...
+
+# --- kernel module -------------------------------------------------------------
+
+# W=1 must stay warning-free: any "warning:" line fails the build.
+kmod:
+	@test -d $(KHEADERS) || { echo "kmod: $(KHEADERS) missing; run make deps"; exit 1; }
+	@$(MAKE) -s -C $(KHEADERS) M=$(CURDIR) W=1 modules 2>&1 | tee $(BUILD).kmod.log; \
+	  if grep -q 'warning:' $(BUILD).kmod.log; then echo "kmod: warnings with W=1 (see above)"; exit 1; fi
+	@rm -f $(BUILD).kmod.log
+	@ls -l kmod/kmesh.ko
+
+# Never `make -C $(KHEADERS) M=$(CURDIR) clean`: kbuild's clean deletes every *.mod
+# and *.o under M, which includes go.mod and the committed BPF objects.
+kmod-clean:
+	rm -f kmod/*.o kmod/*.ko kmod/*.mod kmod/*.mod.c kmod/.*.cmd kmod/modules.order \
+	  Module.symvers modules.order .module-common.o .*.cmd
+
+# --- tests ---------------------------------------------------------------------
+
+# The README's test command. Unit and host tiers run in one `go test` pass as root;
+# host-tier tests announce themselves and are counted separately by testreport.
+test: deps lint check-generated kmod test-go vmtest
+	@echo "make test: all checks and tiers passed"
+
+test-go:
+	@mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
+	$(GO) test -count=1 -json -timeout 20m ./... | $(GO) run ./test/tools/testreport
+
+vmtest: kmod
+	$(VMTEST) -kver $(KVER_612) -suite kmod,ebpf
+	$(VMTEST) -kver $(KVER_61) -suite ebpf
+
+# --- demo and bench --------------------------------------------------------------
+
+demo: deps build
+	$(GO) run ./test/e2e/demo $(if $(MODE),-mode $(MODE))
+
+bench: deps build
+	$(GO) run ./bench/cmd/bench -out docs/bench
+
+bench-smoke: build
+	$(GO) run ./bench/cmd/bench -smoke -out $(BUILD)/bench-smoke
+
+clean: kmod-clean
+	rm -rf $(BUILD)
+
+uninstall: build
+	$(BUILD)/kmeshd uninstall

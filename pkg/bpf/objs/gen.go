@@ -1,0 +1,7 @@
+// Package objs holds the bpf2go-generated bindings and the compiled BPF objects
+// (committed, so `go build ./...` needs no clang). Regenerate with `make generate`;
+// `make test` fails when they are stale.
+package objs
+
+//go:generate go tool bpf2go -cc clang-19 -strip llvm-strip-19 -cflags "-O2 -g -Wall -Werror -D__TARGET_ARCH_x86" -target bpfel -go-package objs Harness ../../../bpf/selftest/harness.c -- -I../../../bpf/include -I../../../bpf/lib
+//go:generate go tool bpf2go -cc clang-19 -strip llvm-strip-19 -cflags "-O2 -g -Wall -Werror -D__TARGET_ARCH_x86" -target bpfel -go-package objs -type kmod_abi_args KmodAbi ../../../bpf/selftest/kmod_abi.c -- -I../../../bpf/include -I../../../bpf/lib
