@@ -116,10 +116,13 @@ fetch_headers "$KVER_612"
 # Guest kernel images: download and extract, never install.
 fetch_kernel() {
 	local kver=$1 dir="$CACHE/kernels/$1"
-	if [ -f "$dir/boot/vmlinuz-$kver" ] && [ -d "$dir/lib/modules/$kver" ]; then
+	if [ -f "$dir/boot/vmlinuz-$kver" ] && [ -f "$dir/lib/modules/$kver/modules.dep" ]; then
 		return
 	fi
 	download_extract "$dir" "linux-image-$kver"
+	# The package's postinst would run depmod; we extract instead, so run it here
+	# (modprobe --show-depends resolves the guest's module closure from it).
+	depmod -b "$dir" "$kver"
 }
 fetch_kernel "$KVER_612"
 fetch_kernel "$KVER_61"
