@@ -1,18 +1,20 @@
-// Command kmeshctl inspects and controls a running kmeshd through its admin API.
+// Command kmeshctl inspects and controls a running kmeshd through its local
+// admin API (pkg/admin). It only formats and forwards; the daemon does the work.
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
-
-	"github.com/kmesh-go/kmesh/pkg/version"
+	"os/signal"
+	"syscall"
 )
 
 func main() {
-	if len(os.Args) > 1 && os.Args[1] == "version" {
-		fmt.Println("kmeshctl", version.Get())
-		return
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := newRootCommand().ExecuteContext(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, "Error:", err)
+		os.Exit(1)
 	}
-	fmt.Fprintln(os.Stderr, "kmeshctl: commands arrive with the admin API (issue #8); available: kmeshctl version")
-	os.Exit(2)
 }
