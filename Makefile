@@ -90,7 +90,7 @@ kmod-clean:
 
 # The README's test command. Unit and host tiers run in one `go test` pass as root;
 # host-tier tests announce themselves and are counted separately by testreport.
-test: deps lint check-generated kmod test-go vmtest
+test: deps lint check-generated kmod test-go vmtest bench-smoke
 	@echo "make test: all checks and tiers passed"
 
 test-go:
@@ -106,9 +106,12 @@ vmtest: kmod
 demo: deps build
 	$(GO) run ./test/e2e/demo $(if $(MODE),-mode $(MODE))
 
+# Full side-by-side run (manual; ~45 min with the defaults): results, table and
+# plots in docs/bench/. Extra flags: make bench BENCH_FLAGS='-repeat 5 -note "..."'.
 bench: deps build
-	$(GO) run ./bench/cmd/bench -out docs/bench
+	$(GO) run ./bench/cmd/bench -out docs/bench $(BENCH_FLAGS)
 
+# Tiny sweep through every scenario (< 60 s); fails on any error. Part of make test.
 bench-smoke: build
 	$(GO) run ./bench/cmd/bench -smoke -out $(BUILD)/bench-smoke
 

@@ -1,0 +1,206 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kmesh-go/kmesh/bench/load"
+	"github.com/kmesh-go/kmesh/bench/report"
+	"github.com/kmesh-go/kmesh/pkg/testutil"
+)
+
+// The harness re-executes its binary for the client and server roles; in
+// tests that binary is the test binary.
+func TestMain(m *testing.M) {
+	if len(os.Args) > 1 && IsRole(os.Args[1]) {
+		os.Exit(RoleMain(os.Args[1], os.Args[2:]))
+	}
+	os.Exit(m.Run())
+}
+
+func TestPlanInterleaves(t *testing.T) {
+	a := report.ScenarioInfo{Name: "a", Protos: []load.Proto{load.HTTP, load.TCP}}
+	b := report.ScenarioInfo{Name: "b", Protos: []load.Proto{load.HTTP}}
+	c := report.ScenarioInfo{Name: "c", Protos: []load.Proto{load.HTTP, load.TCP}}
+	h := report.Point{Proto: load.HTTP, Conns: 1, Payload: 64}
+	tc := report.Point{Proto: load.TCP, Conns: 1, Payload: 64}
+	plan := Plan(2, []report.Point{h, tc}, []report.ScenarioInfo{a, b, c})
+	var got []string
+	for _, p := range plan {
+		got = append(got, fmt.Sprintf("%d%s%s", p.Rep, p.Point.Proto[:1], []string{"a", "b", "c"}[p.Scenario]))
+	}
+	want := "1ha 1hb 1hc 1ta 1tc 2ha 2hb 2hc 2ta 2tc"
+	if strings.Join(got, " ") != want {
+		t.Fatalf("plan %q, want %q", strings.Join(got, " "), want)
+	}
+}
+
+func TestClassify(t *testing.T) {
+	p := report.Point{Proto: load.HTTP, Conns: 16, Rate: 1000, Payload: 1024}
+	good := load.Result{Requests: 100, OK: 100, Conns: 16}
+	mod := func(f func(*load.Result)) *load.Result { r := good; f(&r); return &r }
+	cases := []struct {
+		name string
+		res  *load.Result
+		err  error
+		want string // "" = OK; else a substring of the reason
+	}{
+		{"ok", &good, nil, ""},
+		{"client error", nil, errors.New("exit status 1"), "client: exit status 1"},
+		{"no result", nil, nil, "no result"},
+		{"request errors", mod(func(r *load.Result) { r.Errors, r.Requests, r.FirstError = 2, 102, "503" }), nil, "2 of 102 requests failed (first: 503)"},
+		{"warm-up errors", mod(func(r *load.Result) { r.WarmupErrors, r.WarmupRequests = 1, 10 }), nil, "1 of 10 warm-up requests failed"},
+		{"nothing succeeded", mod(func(r *load.Result) { r.OK, r.Requests = 0, 0 }), nil, "no successful requests"},
+		{"truncated", mod(func(r *load.Result) { r.Truncated = true }), nil, "sample budget"},
+		{"fewer connections", mod(func(r *load.Result) { r.Conns = 8 }), nil, "used 8 of 16 connections"},
+	}
+	for _, c := range cases {
+		st, reason := Classify(p, c.res, c.err)
+		if c.want == "" {
+			if st != report.OK || reason != "" {
+				t.Errorf("%s: %s %q, want ok", c.name, st, reason)
+			}
+			continue
+		}
+		if st != report.Failed || !strings.Contains(reason, c.want) {
+			t.Errorf("%s: %s %q, want failed with %q", c.name, st, reason, c.want)
+		}
+	}
+}
+
+func TestSweepPoints(t *testing.T) {
+	star, err := FullSweep().Points()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Per protocol and rate: 4 connection counts at 1 KiB + 2 other payloads at 16 connections.
+	if len(star) != 2*2*6 {
+		t.Fatalf("star sweep has %d points: %v", len(star), star)
+	}
+	if star[0] != (report.Point{Proto: load.HTTP, Conns: 1, Rate: 1000, Payload: 1024}) || !contains(star, Headline) {
+		t.Errorf("star sweep starts with %v / lacks the headline", star[0])
+	}
+	seen := map[report.Point]bool{}
+	for _, p := range star {
+		if seen[p] {
+			t.Errorf("duplicate point %v", p)
+		}
+		seen[p] = true
+		if p.Conns != 16 && p.Payload != 1024 {
+			t.Errorf("point %v is off the star", p)
+		}
+	}
+	m := FullSweep()
+	m.Matrix = true
+	matrix, err := m.Points()
+	if err != nil || len(matrix) != 2*2*4*3 {
+		t.Fatalf("matrix: %d points, %v", len(matrix), err)
+	}
+	if _, err := (Sweep{Protos: []load.Proto{"udp"}, Conns: []int{1}, Rates: []float64{0}, Payloads: []int{1}}).Points(); err == nil {
+		t.Error("udp accepted")
+	}
+	if _, err := (Sweep{}).Points(); err == nil {
+		t.Error("empty sweep accepted")
+	}
+	for _, p := range SmokePoints() {
+		if !contains(matrix, p) {
+			t.Errorf("smoke point %v is not a point of the full sweep", p)
+		}
+	}
+}
+
+func contains(ps []report.Point, p report.Point) bool {
+	for _, q := range ps {
+		if q == p {
+			return true
+		}
+	}
+	return false
+}
+
+func TestBuiltinScenarios(t *testing.T) {
+	names := map[string]bool{}
+	for _, s := range Builtin() {
+		in := s.Info()
+		if in.Name == "" || in.Description == "" || len(in.Protos) == 0 {
+			t.Errorf("incomplete scenario info %+v", in)
+		}
+		if names[in.Name] {
+			t.Errorf("scenario %s registered twice", in.Name)
+		}
+		names[in.Name] = true
+	}
+	for _, n := range []string{report.Direct, report.SidecarHAProxy, report.SidecarNginx, report.NodeProxy, report.Waypoint, report.KernelNative} {
+		if !names[n] {
+			t.Errorf("scenario %s missing", n)
+		}
+	}
+	if err := (kernelNative{}).Available(nil); err == nil {
+		t.Error("kernel-native claims to be available on the host")
+	}
+}
+
+// End to end on the real kernel: the lab, the echo server, real HAProxy and
+// nginx instances and the fortio client, for a tiny sweep. Every scenario
+// that can run here must complete without a single error, and the proxy
+// paths must be slower than direct at p50.
+func TestRunEndToEnd(t *testing.T) {
+	testutil.Privileged(t)
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := Options{
+		Points:    []report.Point{{Proto: load.HTTP, Conns: 2, Rate: 500, Payload: 256}, {Proto: load.TCP, Conns: 2, Rate: 0, Payload: 64}},
+		Headline:  report.Point{Proto: load.HTTP, Conns: 2, Rate: 500, Payload: 256},
+		Scenarios: Builtin(), Duration: 300 * time.Millisecond, Warmup: 100 * time.Millisecond, Repeat: 1,
+		RequestTimeout: 2 * time.Second, MaxSamples: 1 << 20, Placement: DefaultPlacement(), Self: self,
+		Command: "go test ./bench",
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	rep, err := Run(ctx, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Failed) > 0 {
+		t.Fatalf("failed cells: %q", rep.Failed)
+	}
+	h := o.Points[0]
+	direct, ok := report.Find(rep.Cells, report.Direct, h)
+	if !ok || direct.Status != report.OK || direct.Latency.P50 <= 0 || direct.CPU.Lab <= 0 || direct.Throughput <= 0 {
+		t.Fatalf("direct cell %+v", direct)
+	}
+	for _, s := range []string{report.SidecarHAProxy, report.SidecarNginx, report.NodeProxy, report.Waypoint} {
+		c, ok := report.Find(rep.Cells, s, h)
+		if !ok || c.Status != report.OK || c.Latency.P50 <= 0 {
+			t.Errorf("%s: %+v", s, c)
+		}
+	}
+	// The path check: the server saw each request from the hop the
+	// scenario claims is last (10.78.0.1 client, 127.0.0.1 an inbound
+	// sidecar, .3/.4 node proxies, .5 the waypoint).
+	sees := map[string]string{}
+	for _, s := range rep.Scenarios {
+		sees[s.Name] = s.ServerSees
+	}
+	want := map[string]string{report.Direct: "10.78.0.1", report.SidecarHAProxy: "127.0.0.1", report.SidecarNginx: "127.0.0.1",
+		report.NodeProxy: "10.78.0.4", report.Waypoint: "10.78.0.5"}
+	for s, w := range want {
+		if sees[s] != w {
+			t.Errorf("%s: server sees %q, want %q", s, sees[s], w)
+		}
+	}
+	kn, _ := report.Find(rep.Cells, report.KernelNative, h)
+	if kn.Status != report.Skipped {
+		t.Errorf("kernel-native on the host: %+v", kn)
+	}
+	if rep.Environment.GitRevision == "" || rep.Environment.Kernel == "unknown" || len(rep.Runs) == 0 {
+		t.Errorf("environment %+v", rep.Environment)
+	}
+}
