@@ -26,8 +26,8 @@ import (
 // Failed cells are left out of the curve and named in its legend entry.
 func Plots(r *Report, dir string) ([]string, error) {
 	var files []string
-	payload := r.Config.Headline.Payload
 	for _, proto := range load.Protos {
+		payload := plotPayload(r.Config.Points, proto, r.Config.Headline.Payload)
 		rates := ratesOf(r.Config.Points, proto, payload)
 		if len(rates) == 0 {
 			continue
@@ -69,12 +69,32 @@ func Plots(r *Report, dir string) ([]string, error) {
 			}
 		}
 		name := fmt.Sprintf("cpu-%s.png", proto)
-		if err := saveGrid(filepath.Join(dir, name), tiles, len(tiles)); err != nil {
+		if err := saveGrid(filepath.Join(dir, name), tiles, len(rates)); err != nil {
 			return files, err
 		}
 		files = append(files, name)
 	}
 	return files, nil
+}
+
+// plotPayload is the headline payload if the sweep has it for proto, else
+// the payload with the most points.
+func plotPayload(points []Point, proto load.Proto, headline int) int {
+	count := map[int]int{}
+	best := 0
+	for _, p := range points {
+		if p.Proto != proto {
+			continue
+		}
+		if p.Payload == headline {
+			return headline
+		}
+		count[p.Payload]++
+		if count[p.Payload] > count[best] || (count[p.Payload] == count[best] && p.Payload < best) {
+			best = p.Payload
+		}
+	}
+	return best
 }
 
 func ratesOf(points []Point, proto load.Proto, payload int) []float64 {

@@ -301,3 +301,21 @@ func TestPointStrings(t *testing.T) {
 		}
 	}
 }
+
+func TestPlotPayload(t *testing.T) {
+	pts := []Point{{Proto: load.HTTP, Payload: 64}, {Proto: load.HTTP, Payload: 16384}, {Proto: load.HTTP, Payload: 16384}, {Proto: load.TCP, Payload: 1024}}
+	if got := plotPayload(pts, load.HTTP, 1024); got != 16384 {
+		t.Errorf("without the headline payload: %d, want the most common (16384)", got)
+	}
+	if got := plotPayload(pts, load.TCP, 1024); got != 1024 {
+		t.Errorf("with the headline payload: %d", got)
+	}
+}
+
+func TestTargetOffSweep(t *testing.T) {
+	cells := Aggregate([]ScenarioInfo{info(Direct, load.HTTP), info(DualEngine, load.HTTP)}, []Point{tp}, nil)
+	r := EvaluateTargets(Targets[:1], cells, hp)[0]
+	if r.Verdict != NotMeasured || !strings.Contains(r.Reason, "not a point of this sweep") {
+		t.Errorf("%+v", r)
+	}
+}

@@ -72,7 +72,13 @@ func (t Target) holds(v float64) bool {
 func (t Target) value(cells []Cell, p Point) (float64, string) {
 	num, okN := Find(cells, t.Num, p)
 	den, okD := Find(cells, t.Den, p)
+	inSweep := false
+	for _, c := range cells {
+		inSweep = inSweep || c.Point == p
+	}
 	switch {
+	case !inSweep:
+		return 0, fmt.Sprintf("%s is not a point of this sweep", p)
 	case !okN:
 		return 0, t.Num + " not in this run"
 	case !okD:
