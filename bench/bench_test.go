@@ -135,7 +135,7 @@ func TestBuiltinScenarios(t *testing.T) {
 		}
 		names[in.Name] = true
 	}
-	for _, n := range []string{report.Direct, report.SidecarHAProxy, report.SidecarNginx, report.NodeProxy, report.Waypoint, report.KernelNative} {
+	for _, n := range []string{report.Direct, report.DirectControl, report.SidecarHAProxy, report.SidecarNginx, report.NodeProxy, report.Waypoint, report.KernelNative} {
 		if !names[n] {
 			t.Errorf("scenario %s missing", n)
 		}
@@ -189,7 +189,7 @@ func TestRunEndToEnd(t *testing.T) {
 	for _, s := range rep.Scenarios {
 		sees[s.Name] = s.ServerSees
 	}
-	want := map[string]string{report.Direct: "10.78.0.1", report.SidecarHAProxy: "127.0.0.1", report.SidecarNginx: "127.0.0.1",
+	want := map[string]string{report.Direct: "10.78.0.1", report.DirectControl: "10.78.0.1", report.SidecarHAProxy: "127.0.0.1", report.SidecarNginx: "127.0.0.1",
 		report.NodeProxy: "10.78.0.4", report.Waypoint: "10.78.0.5"}
 	for s, w := range want {
 		if sees[s] != w {

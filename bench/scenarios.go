@@ -15,7 +15,7 @@ import (
 // Builtin returns every scenario in report order. Order matters only for
 // presentation; runs are interleaved regardless.
 func Builtin() []Scenario {
-	s := []Scenario{&direct{}}
+	s := []Scenario{&direct{}, &direct{control: true}}
 	s = append(s, dataplaneScenarios()...)
 	s = append(s,
 		&sidecar{flavor: "haproxy"},
@@ -41,9 +41,19 @@ func needBinary(name string) error {
 }
 
 // direct: the client connects straight to the server pod. The floor.
-type direct struct{ env *Env }
+// The control copy measures the same path again as a separate scenario (an
+// A/A test): its ratio to direct is the run's noise floor, the resolution
+// below which no ratio in the table means anything.
+type direct struct {
+	env     *Env
+	control bool
+}
 
-func (*direct) Info() report.ScenarioInfo {
+func (d *direct) Info() report.ScenarioInfo {
+	if d.control {
+		return report.ScenarioInfo{Name: report.DirectControl, Title: "direct again (A/A control)", Protos: both,
+			Description: "the direct path measured again as its own scenario: its ratio to direct is the noise floor of the run"}
+	}
 	return report.ScenarioInfo{Name: report.Direct, Title: "direct (no mesh)", Protos: both,
 		Description: "client pod → server pod over the bridge; no mesh, the physical floor"}
 }

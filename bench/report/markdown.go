@@ -88,6 +88,11 @@ func Markdown(r *Report, plots []string) string {
 		w("| %s | %s %.2f | %s | %s | %d/%d |\n", text, t.Op, t.Limit, measured, mdCell(verdict), t.MetAt, t.Measured)
 	}
 
+	if aa, ok := FindRatio(r.Ratios, DirectControl, Direct, r.Config.Headline); ok && aa.OK {
+		w("\nNoise floor (A/A control, the direct path measured again as its own scenario) at the headline point: "+
+			"p50 ratio %s, p99 ratio %s. Ratios that differ from 1 by less than this are not resolved by this run.\n", f2(aa.P50), f2(aa.P99))
+	}
+
 	w("\n## Failures\n\n")
 	if len(r.Failed) == 0 {
 		w("None: every scenario that ran completed without errors or non-2xx responses.\n")

@@ -17,6 +17,7 @@ const SchemaVersion = 1
 // Well-known scenario names the ratios and targets refer to.
 const (
 	Direct          = "direct"
+	DirectControl   = "direct-control"
 	DualEngine      = "dual-engine"
 	DualEngineAccel = "dual-engine-accel"
 	SidecarHAProxy  = "sidecar-haproxy"
