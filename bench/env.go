@@ -42,11 +42,8 @@ func CaptureEnvironment(command string) report.Environment {
 	if v := procField("/proc/meminfo", "MemTotal"); v != "" {
 		e.MemTotal = v
 	}
-	if b, err := os.ReadFile("/proc/loadavg"); err == nil {
-		f := strings.Fields(string(b))
-		if len(f) >= 3 {
-			e.Notes = append(e.Notes, "load average at start (1/5/15 min): "+strings.Join(f[:3], " "))
-		}
+	if la := loadAvg(); la != "" {
+		e.Notes = append(e.Notes, "load average at start (1/5/15 min): "+la)
 	}
 	if bi, ok := debug.ReadBuildInfo(); ok {
 		for _, d := range bi.Deps {
@@ -116,4 +113,17 @@ func cpuList(cpus []int) string {
 		s[i] = strconv.Itoa(c)
 	}
 	return strings.Join(s, ",")
+}
+
+// loadAvg is the 1/5/15-minute load average, or "".
+func loadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return ""
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return ""
+	}
+	return strings.Join(f[:3], " ")
 }

@@ -37,6 +37,9 @@ type Options struct {
 	Command        string // how the run was started, for the record
 	Notes          []string
 	Progress       io.Writer // progress lines; nil = none
+	// LogDir receives the lab's process and proxy logs when anything failed
+	// ("" = not kept).
+	LogDir string
 	// SetupTimeout bounds each scenario's Setup.
 	SetupTimeout time.Duration
 }
@@ -62,6 +65,9 @@ func Run(ctx context.Context, o Options) (rep *report.Report, err error) {
 		"node B (server pod, its proxies, waypoint)": orAll(o.Placement.NodeB)}
 	defer func() {
 		rep.Elapsed = time.Since(start).Round(time.Second).String()
+		if la := loadAvg(); la != "" {
+			rep.Environment.Notes = append(rep.Environment.Notes, "load average at end (1/5/15 min): "+la)
+		}
 		report.Build(rep)
 	}()
 
@@ -70,6 +76,11 @@ func Run(ctx context.Context, o Options) (rep *report.Report, err error) {
 		return rep, err
 	}
 	defer func() {
+		if o.LogDir != "" && (err != nil || anyFailed(rep.Runs)) {
+			if saved, serr := lab.SaveLogs(o.LogDir, 1<<20); serr == nil && len(saved) > 0 {
+				rep.Environment.Notes = append(rep.Environment.Notes, fmt.Sprintf("process and proxy logs of this run kept in %s", o.LogDir))
+			}
+		}
 		if cerr := lab.Close(); cerr != nil {
 			err = errors.Join(err, fmt.Errorf("cleanup: %w", cerr))
 		}
@@ -143,6 +154,15 @@ func Run(ctx context.Context, o Options) (rep *report.Report, err error) {
 	}
 	prog.done()
 	return rep, nil
+}
+
+func anyFailed(runs []report.Run) bool {
+	for _, r := range runs {
+		if r.Status == report.Failed {
+			return true
+		}
+	}
+	return false
 }
 
 func orAll(cpus string) string {

@@ -165,3 +165,37 @@ func SweepStale() ([]string, error) {
 	}
 	return removed, errors.Join(errs...)
 }
+
+// SaveLogs copies every *.log file of the scratch directory (process output,
+// proxy error logs) into dst, keeping relative paths, so a failure can be
+// diagnosed after Close removed the lab. At most maxBytes per file are kept
+// (the end of the file).
+func (l *Lab) SaveLogs(dst string, maxBytes int64) ([]string, error) {
+	var saved []string
+	err := filepath.WalkDir(l.Dir, func(path string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() || !strings.HasSuffix(path, ".log") {
+			return err
+		}
+		rel, err := filepath.Rel(l.Dir, path)
+		if err != nil {
+			return err
+		}
+		out := filepath.Join(dst, rel)
+		if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
+			return err
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		if int64(len(b)) > maxBytes {
+			b = b[int64(len(b))-maxBytes:]
+		}
+		if err := os.WriteFile(out, b, 0o644); err != nil {
+			return err
+		}
+		saved = append(saved, out)
+		return nil
+	})
+	return saved, err
+}

@@ -46,7 +46,7 @@ func (n Nginx) Config(dir string) (string, error) {
 	fmt.Fprintf(&b, "    proxy_buffer_size 16k;\n    proxy_buffers 8 16k;\n    proxy_busy_buffers_size 32k;\n")
 	fmt.Fprintf(&b, "    proxy_connect_timeout %s;\n    keepalive_timeout %s;\n    keepalive_requests 1000000;\n", connectTimeout, idleTimeout)
 	for _, r := range n.Routes {
-		fmt.Fprintf(&b, "    upstream %s { server %s; keepalive 1024; keepalive_requests 1000000; keepalive_timeout %s; }\n", r.Name, r.Upstream, idleTimeout)
+		fmt.Fprintf(&b, "    upstream %s { server %s; keepalive 1024; keepalive_requests 1000000; keepalive_timeout %s; }\n", r.Name, r.Upstream, upstreamIdleTimeout)
 		fmt.Fprintf(&b, "    server {\n        listen %s;\n        location / {\n", r.Listen)
 		fmt.Fprintf(&b, "            proxy_pass http://%s;\n            proxy_http_version 1.1;\n            proxy_set_header Connection \"\";\n", r.Name)
 		fmt.Fprintf(&b, "        }\n    }\n")

@@ -78,6 +78,10 @@ func validate(routes []Route, allowed ...Mode) error {
 const (
 	connectTimeout = "5s"
 	idleTimeout    = "60s"
+	// upstreamIdleTimeout closes pooled upstream connections before the echo
+	// server's own idle timeout (fortio: 30 s) can, so a proxy never reuses a
+	// connection the server is closing (a POST on it would fail with 502).
+	upstreamIdleTimeout = "20s"
 )
 
 // Instance describes a proxy process to start in a lab.

@@ -107,6 +107,7 @@ func aggregateCell(s ScenarioInfo, p Point, runs []Run) Cell {
 		Busy:    Median(col(func(r Run) float64 { return CPUPer1kOf(r.Result).Busy })),
 		Lab:     Median(col(func(r Run) float64 { return CPUPer1kOf(r.Result).Lab })),
 	}
+	c.OtherLoad = Median(col(func(r Run) float64 { return OtherLoadOf(r.Result) }))
 	c.P50Range = [2]float64{slices.Min(p50), slices.Max(p50)}
 	c.P99Range = [2]float64{slices.Min(p99), slices.Max(p99)}
 	return c

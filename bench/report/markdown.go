@@ -119,7 +119,7 @@ func Markdown(r *Report, plots []string) string {
 		w("| `%s` | %s | %s | %s |\n", s.Name, mdCell(s.Description), sees, mdCell(st))
 	}
 
-	w("\n## Results\n\nLatency in µs (p50 with the min–max over repetitions). CPU is CPU-ms per 1000 requests (= thousandths of a vCPU per 1000 req/s): `lab` counts the benchmark's own processes (client, server, proxies; from their cgroup's cpu.stat), `Δ lab` subtracts direct so it is the mesh's own cost, `machine` is busy time of the whole machine from /proc/stat (user+system+softirq+irq; includes anything else running). Ratios: ×direct is the no-mesh floor, ×sidecar is the HAProxy sidecar pair.\n")
+	w("\n## Results\n\nLatency in µs (p50 with the min–max over repetitions). CPU is CPU-ms per 1000 requests (= thousandths of a vCPU per 1000 req/s): `lab` counts the benchmark's own processes (client, server, proxies; from their cgroup's cpu.stat), `Δ lab` subtracts direct so it is the mesh's own cost, `machine` is busy time of the whole machine from /proc/stat (user+system+softirq+irq; includes anything else running). `other load` is the machine's busy CPU outside the benchmark's processes during the measured window, in vCPUs: above about 0.1 the run shared its CPUs with other work and its numbers are disturbed. Ratios: ×direct is the no-mesh floor, ×sidecar is the HAProxy sidecar pair.\n")
 	for _, p := range r.Config.Points {
 		var rows []Cell
 		for _, c := range r.Cells {
@@ -132,12 +132,12 @@ func Markdown(r *Report, plots []string) string {
 		}
 		direct, hasDirect := Find(r.Cells, Direct, p)
 		w("\n### %s\n\n", p)
-		w("| scenario | p50 | p90 | p99 | p99.9 | req/s | CPU lab | Δ lab | CPU machine | p50 ×direct | p99 ×direct | p50 ×sidecar | p99 ×sidecar |\n")
-		w("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+		w("| scenario | p50 | p90 | p99 | p99.9 | req/s | CPU lab | Δ lab | CPU machine | other load | p50 ×direct | p99 ×direct | p50 ×sidecar | p99 ×sidecar |\n")
+		w("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 		for _, c := range rows {
 			if c.Status != OK {
 				label := strings.ToUpper(string(c.Status))
-				w("| `%s` | **%s**: %s ||||||||||||\n", c.Scenario, label, mdCell(c.Reason))
+				w("| `%s` | **%s**: %s |||||||||||||\n", c.Scenario, label, mdCell(c.Reason))
 				continue
 			}
 			l := c.Latency
@@ -152,8 +152,12 @@ func Markdown(r *Report, plots []string) string {
 					delta = fmt.Sprintf("%+.0f", c.CPU.Lab-direct.CPU.Lab)
 				}
 			}
-			w("| `%s` | %s | %s | %s | %s | %.0f | %s | %s | %.0f | %s | %s |\n", c.Scenario, p50, f1(l.P90), f1(l.P99), f1(l.P999),
-				c.Throughput, lab, delta, c.CPU.Busy, ratioCells(r.Ratios, c, Direct), ratioCells(r.Ratios, c, SidecarHAProxy))
+			other := "—"
+			if c.OtherLoad >= 0 {
+				other = f2(c.OtherLoad)
+			}
+			w("| `%s` | %s | %s | %s | %s | %.0f | %s | %s | %.0f | %s | %s | %s |\n", c.Scenario, p50, f1(l.P90), f1(l.P99), f1(l.P999),
+				c.Throughput, lab, delta, c.CPU.Busy, other, ratioCells(r.Ratios, c, Direct), ratioCells(r.Ratios, c, SidecarHAProxy))
 		}
 	}
 	if len(plots) > 0 {

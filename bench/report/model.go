@@ -119,6 +119,17 @@ func CPUPer1kOf(r *load.Result) CPUPer1k {
 	return out
 }
 
+// OtherLoadOf is the busy CPU of everything outside the benchmark during a
+// run, in vCPUs (-1 when the lab's CPU was not measured). Tick granularity
+// (10 ms) can make it slightly negative; it is clamped at 0.
+func OtherLoadOf(r *load.Result) float64 {
+	if r == nil || r.LabCPU == nil || r.Elapsed <= 0 {
+		return -1
+	}
+	other := r.CPU.Seconds().Busy() - float64(r.LabCPU.Usage)/1e6
+	return max(other, 0) / r.Elapsed
+}
+
 // Cell aggregates the repetitions of one scenario at one point. A cell is OK
 // only if every repetition was; otherwise it is Failed (or Skipped) and has
 // no numbers, so a failure can never be averaged away.
@@ -137,6 +148,11 @@ type Cell struct {
 	P99Range [2]float64 `json:"p99_range_us"`
 	Requests int64      `json:"requests"` // total over repetitions
 	Errors   int64      `json:"errors"`
+	// OtherLoad is the median, over repetitions, of the machine's busy CPU
+	// not spent by the benchmark's processes, in vCPUs, during the measured
+	// window: other work competing with the run (0 on a quiet machine; -1 if
+	// the lab's CPU was not measured).
+	OtherLoad float64 `json:"other_load_vcpu"`
 }
 
 // Ratio compares a cell with the same point of another scenario.

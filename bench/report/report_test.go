@@ -26,7 +26,7 @@ func info(name string, protos ...load.Proto) ScenarioInfo {
 // 0.5 s of busy machine CPU and 0.3 s of lab CPU.
 func okRun(s string, p Point, rep int, p50, p99 float64) Run {
 	return Run{Rep: rep, Scenario: s, Point: p, Status: OK, Result: &load.Result{
-		Requests: 1000, OK: 1000, Conns: p.Conns, Throughput: 1000,
+		Requests: 1000, OK: 1000, Conns: p.Conns, Throughput: 1000, Elapsed: 1,
 		Latency: load.Latency{P50: p50, P90: p50 * 1.5, P99: p99, P999: p99 * 2, Min: p50 / 2, Max: p99 * 3, Mean: p50 * 1.1},
 		CPU:     procstat.Sample{User: 30, System: 15, SoftIRQ: 5},
 		LabCPU:  &procstat.CgroupCPU{Usage: 300000},
@@ -69,6 +69,10 @@ func TestAggregateMediansAndSpread(t *testing.T) {
 	}
 	if c.Requests != 3000 || c.Errors != 0 {
 		t.Errorf("requests %d errors %d", c.Requests, c.Errors)
+	}
+	// 0.5 s busy - 0.3 s lab over a 1 s window.
+	if !near(c.OtherLoad, 0.2) {
+		t.Errorf("other load %v, want 0.2", c.OtherLoad)
 	}
 }
 
@@ -234,8 +238,8 @@ func TestJSONRoundTrip(t *testing.T) {
 func TestMarkdown(t *testing.T) {
 	md := Markdown(testReport(), []string{"latency-http-1000.png"})
 	for _, want := range []string{
-		"| `direct` | 100.0 (100.0–100.0) | 150.0 | 200.0 | 400.0 | 1000 | 300 | — | 500 | 1 | 1 | 0.29 | 0.25 |",
-		"| `sidecar-haproxy` | 350.0 (350.0–350.0) | 525.0 | 800.0 | 1600.0 | 1000 | 300 | +0 | 500 | 3.50 | 4.00 | 1 | 1 |",
+		"| `direct` | 100.0 (100.0–100.0) | 150.0 | 200.0 | 400.0 | 1000 | 300 | — | 500 | 0.20 | 1 | 1 | 0.29 | 0.25 |",
+		"| `sidecar-haproxy` | 350.0 (350.0–350.0) | 525.0 | 800.0 | 1600.0 | 1000 | 300 | +0 | 500 | 0.20 | 3.50 | 4.00 | 1 | 1 |",
 		"| `waypoint` | **FAILED**: setup failed: haproxy exited (2 of 2 repetitions failed) |",
 		"| `kernel-native` | **SKIPPED**: needs the VM |",
 		"- waypoint @ http c=16 1000/s 1 KiB: setup failed: haproxy exited (2 of 2 repetitions failed)",

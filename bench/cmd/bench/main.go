@@ -67,6 +67,11 @@ func run() int {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		return 1
 	}
+	// Logs of an earlier failed run would be mistaken for this run's.
+	if err := os.RemoveAll(filepath.Join(*out, "logs")); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		return 1
+	}
 	if *render != "" {
 		rep, err := report.ReadJSON(*render)
 		if err != nil {
@@ -82,7 +87,7 @@ func run() int {
 	}
 
 	o := bench.Options{Smoke: *smoke, Headline: bench.Headline, RequestTimeout: *reqTimeout, MaxSamples: *maxSamples,
-		Progress: os.Stderr, Notes: notes}
+		Progress: os.Stderr, Notes: notes, LogDir: filepath.Join(*out, "logs")}
 	o.Duration, o.Warmup, o.Repeat = 5*time.Second, time.Second, 3
 	if *smoke {
 		o.Duration, o.Warmup, o.Repeat = 500*time.Millisecond, 200*time.Millisecond, 2
