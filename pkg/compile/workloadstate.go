@@ -1,0 +1,366 @@
+package compile
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"maps"
+	"net/netip"
+	"reflect"
+	"sort"
+	"sync"
+	"time"
+
+	"istio.io/istio/pkg/workloadapi/security"
+
+	"github.com/kmesh-go/kmesh/pkg/dataplane"
+	"github.com/kmesh-go/kmesh/pkg/model"
+	"github.com/kmesh-go/kmesh/pkg/xds"
+)
+
+// WorkloadOptions configures a WorkloadState. The zero value works.
+type WorkloadOptions struct {
+	// NodeName is this node; workloads whose node matches are local, and the
+	// first of them (by uid) gives the node its locality, as Kmesh does.
+	NodeName string
+	// FullApplyThreshold: a response touching more objects than this is lowered
+	// with one dataplane Apply instead of per-object calls (default 1000).
+	FullApplyThreshold int
+	Logger             *slog.Logger
+	// OnApplied, if set, runs after each response was lowered, with the number
+	// of objects changed and how long compiling and lowering took (metrics #8).
+	OnApplied func(typeURL string, objects int, took time.Duration)
+}
+
+// WorkloadState compiles the Istio Workload API into the dataplane
+// (dual-engine mode). It implements xds.DeltaHandler and holds the last good
+// model: what it reports in Snapshot is exactly what was lowered.
+type WorkloadState struct {
+	api  dataplane.API
+	opts WorkloadOptions
+	log  *slog.Logger
+
+	mu sync.Mutex
+	// Converted objects by xDS name (service key or workload uid), as accepted.
+	services  map[string]Address
+	workloads map[string]Address
+	// lowered holds what the dataplane has, after waypoint resolution.
+	loweredSvc map[string]model.Service
+	loweredWl  map[string]model.Workload
+	node       model.Node
+	nodeSet    bool
+	policies   map[string]*security.Authorization
+}
+
+// NewWorkloadState returns an empty state lowering into api.
+func NewWorkloadState(api dataplane.API, opts WorkloadOptions) *WorkloadState {
+	if opts.FullApplyThreshold <= 0 {
+		opts.FullApplyThreshold = 1000
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	return &WorkloadState{
+		api: api, opts: opts, log: opts.Logger,
+		services: map[string]Address{}, workloads: map[string]Address{},
+		loweredSvc: map[string]model.Service{}, loweredWl: map[string]model.Workload{},
+		policies: map[string]*security.Authorization{},
+		node:     model.Node{Name: opts.NodeName},
+	}
+}
+
+// HandleDelta implements xds.DeltaHandler.
+func (s *WorkloadState) HandleDelta(ctx context.Context, u *xds.DeltaUpdate) (map[string]error, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	start := time.Now()
+	var (
+		rejected map[string]error
+		n        int
+		err      error
+	)
+	switch u.TypeURL {
+	case xds.AddressType:
+		rejected, n, err = s.addresses(ctx, u)
+	case xds.AuthorizationType:
+		rejected, n = s.authorizations(u)
+	default:
+		return nil, fmt.Errorf("type %s is not handled", u.TypeURL)
+	}
+	if err == nil && s.opts.OnApplied != nil {
+		s.opts.OnApplied(u.TypeURL, n, time.Since(start))
+	}
+	return rejected, err
+}
+
+func (s *WorkloadState) authorizations(u *xds.DeltaUpdate) (map[string]error, int) {
+	rejected := map[string]error{}
+	for _, r := range u.Resources {
+		p, err := ConvertAuthorization(r)
+		if err != nil {
+			rejected[r.GetName()] = err
+			continue
+		}
+		s.policies[r.GetName()] = p
+	}
+	for _, name := range u.Removed {
+		delete(s.policies, name)
+	}
+	return rejected, len(u.Resources) + len(u.Removed)
+}
+
+// addresses runs the passes for one Address response: convert and validate
+// each resource, check it against the rest (VIP ownership), resolve
+// waypoints, and lower what changed.
+func (s *WorkloadState) addresses(ctx context.Context, u *xds.DeltaUpdate) (map[string]error, int, error) {
+	rejected := map[string]error{}
+	svcs, wls := maps.Clone(s.services), maps.Clone(s.workloads)
+	touched := map[string]bool{}
+
+	// convert + validate, per resource.
+	for _, r := range u.Resources {
+		name := r.GetName()
+		a, err := ConvertAddress(r)
+		if err == nil {
+			if a.Service != nil {
+				err = ValidateService(a.Service)
+			} else {
+				err = ValidateWorkload(a.Workload)
+			}
+		}
+		if err != nil {
+			rejected[name] = err
+			continue
+		}
+		touched[name] = true
+		if a.Service != nil {
+			svcs[name] = a
+			delete(wls, name)
+		} else {
+			wls[name] = a
+			delete(svcs, name)
+		}
+	}
+	for _, name := range u.Removed {
+		if _, ok := svcs[name]; ok {
+			touched[name] = true
+		}
+		if _, ok := wls[name]; ok {
+			touched[name] = true
+		}
+		delete(svcs, name)
+		delete(wls, name)
+	}
+
+	// cross-check: a VIP belongs to one service, and no workload uses a VIP.
+	// An object of this response that conflicts is rejected and its previous
+	// version (if any) kept; repeat until consistent (each round reverts one
+	// object, and the previous state was consistent).
+	for {
+		name, err := conflict(svcs, wls, touched)
+		if name == "" {
+			break
+		}
+		rejected[name] = err
+		delete(touched, name)
+		revert(name, svcs, s.services)
+		revert(name, wls, s.workloads)
+	}
+
+	// Materialize the model objects that may have changed: touched ones and
+	// those whose waypoint is an IP (its owner may have changed).
+	vips := vipIndex(svcs)
+	newSvc, newWl := maps.Clone(s.loweredSvc), maps.Clone(s.loweredWl)
+	for name, a := range svcs {
+		if touched[name] || a.WaypointIP.IsValid() {
+			newSvc[name] = s.materializeService(a, vips)
+		}
+	}
+	for name, a := range wls {
+		if touched[name] || a.WaypointIP.IsValid() {
+			newWl[name] = s.materializeWorkload(a, vips)
+		}
+	}
+	for name := range touched {
+		if _, ok := svcs[name]; !ok {
+			delete(newSvc, name)
+		}
+		if _, ok := wls[name]; !ok {
+			delete(newWl, name)
+		}
+	}
+
+	ch := diff(s.loweredSvc, newSvc, s.loweredWl, newWl, touched)
+	node := s.learnNode(newWl)
+	full := u.Resync || ch.Size() > s.opts.FullApplyThreshold
+	if full {
+		snap := buildSnapshot(node, newSvc, newWl)
+		if err := s.api.Apply(ctx, snap); err != nil {
+			return nil, 0, fmt.Errorf("applying %d services and %d workloads: %w", len(newSvc), len(newWl), err)
+		}
+		s.node, s.nodeSet = node, true
+	} else {
+		if !s.nodeSet || !reflect.DeepEqual(node, s.node) {
+			if err := s.api.SetNode(ctx, node); err != nil {
+				return nil, 0, fmt.Errorf("setting node locality: %w", err)
+			}
+			s.node, s.nodeSet = node, true
+		}
+		for name, err := range Lower(ctx, s.api, ch) {
+			// The dataplane kept its previous state for this object: so do we.
+			rejected[name] = err
+			revert(name, svcs, s.services)
+			revert(name, wls, s.workloads)
+			revert(name, newSvc, s.loweredSvc)
+			revert(name, newWl, s.loweredWl)
+		}
+	}
+	s.services, s.workloads = svcs, wls
+	s.loweredSvc, s.loweredWl = newSvc, newWl
+	return rejected, ch.Size(), nil
+}
+
+// revert puts back prev's version of name in cur (or removes it).
+func revert[T any](name string, cur, prev map[string]T) {
+	if old, ok := prev[name]; ok {
+		cur[name] = old
+	} else {
+		delete(cur, name)
+	}
+}
+
+// conflict finds a touched object that shares an address with another one.
+func conflict(svcs, wls map[string]Address, touched map[string]bool) (string, error) {
+	owner := map[netip.Addr]string{}
+	// Untouched objects first: they were consistent, so the newcomer loses.
+	names := sortedNames(svcs)
+	sort.SliceStable(names, func(i, j int) bool { return !touched[names[i]] && touched[names[j]] })
+	for _, n := range names {
+		for _, ip := range svcs[n].Service.VIPs {
+			if o, ok := owner[ip]; ok {
+				return n, fmt.Errorf("VIP %s is already used by service %q", ip, o)
+			}
+			owner[ip] = n
+		}
+	}
+	for _, n := range sortedNames(wls) {
+		if !touched[n] {
+			continue
+		}
+		for _, ip := range wls[n].Workload.Addresses {
+			if o, ok := owner[ip]; ok {
+				return n, fmt.Errorf("address %s is the VIP of service %q", ip, o)
+			}
+		}
+	}
+	return "", nil
+}
+
+func vipIndex(svcs map[string]Address) map[netip.Addr]string {
+	idx := map[netip.Addr]string{}
+	for n, a := range svcs {
+		for _, ip := range a.Service.VIPs {
+			idx[ip] = n
+		}
+	}
+	return idx
+}
+
+func (s *WorkloadState) resolveWaypoint(obj string, ip netip.Addr, port uint16, vips map[netip.Addr]string) *model.WaypointRef {
+	if !ip.IsValid() {
+		return nil
+	}
+	if key, ok := vips[ip]; ok && key != obj {
+		return &model.WaypointRef{Service: key, Port: port}
+	}
+	s.log.Warn("waypoint address is not a known service VIP yet; traffic goes direct until it is", "object", obj, "waypoint", ip)
+	return nil
+}
+
+func (s *WorkloadState) materializeService(a Address, vips map[netip.Addr]string) model.Service {
+	svc := *a.Service
+	if a.WaypointIP.IsValid() {
+		svc.Waypoint = s.resolveWaypoint(svc.Key, a.WaypointIP, a.WaypointPort, vips)
+	}
+	return svc
+}
+
+func (s *WorkloadState) materializeWorkload(a Address, vips map[netip.Addr]string) model.Workload {
+	wl := *a.Workload
+	if a.WaypointIP.IsValid() {
+		wl.Waypoint = s.resolveWaypoint(wl.UID, a.WaypointIP, a.WaypointPort, vips)
+	}
+	return wl
+}
+
+// diff lists what differs between the lowered and the new model. Only touched
+// objects and those with a waypoint can change.
+func diff(oldSvc, newSvc map[string]model.Service, oldWl, newWl map[string]model.Workload, touched map[string]bool) Change {
+	var ch Change
+	for name, s := range newSvc {
+		if o, ok := oldSvc[name]; !ok || (touched[name] || s.Waypoint != nil || o.Waypoint != nil) && !reflect.DeepEqual(o, s) {
+			ch.Services = append(ch.Services, s)
+		}
+	}
+	for name := range oldSvc {
+		if _, ok := newSvc[name]; !ok {
+			ch.DeletedServices = append(ch.DeletedServices, name)
+		}
+	}
+	for name, w := range newWl {
+		if o, ok := oldWl[name]; !ok || (touched[name] || w.Waypoint != nil || o.Waypoint != nil) && !reflect.DeepEqual(o, w) {
+			ch.Workloads = append(ch.Workloads, w)
+		}
+	}
+	for name := range oldWl {
+		if _, ok := newWl[name]; !ok {
+			ch.DeletedWorkloads = append(ch.DeletedWorkloads, name)
+		}
+	}
+	return ch
+}
+
+// learnNode gives the node the locality of its first local workload.
+func (s *WorkloadState) learnNode(wls map[string]model.Workload) model.Node {
+	n := model.Node{Name: s.opts.NodeName}
+	if n.Name == "" {
+		return n
+	}
+	best := ""
+	for uid, w := range wls {
+		if w.Locality.Node == n.Name && (best == "" || uid < best) {
+			best = uid
+		}
+	}
+	if best != "" {
+		n.Locality = wls[best].Locality
+	}
+	return n
+}
+
+func buildSnapshot(node model.Node, svcs map[string]model.Service, wls map[string]model.Workload) *model.Snapshot {
+	snap := &model.Snapshot{Node: node, Services: make([]model.Service, 0, len(svcs)), Workloads: make([]model.Workload, 0, len(wls))}
+	for _, k := range sortedNames(svcs) {
+		snap.Services = append(snap.Services, svcs[k])
+	}
+	for _, k := range sortedNames(wls) {
+		snap.Workloads = append(snap.Workloads, wls[k])
+	}
+	return snap
+}
+
+// Snapshot returns the model that was last lowered (sorted by key).
+func (s *WorkloadState) Snapshot() *model.Snapshot {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return buildSnapshot(s.node, s.loweredSvc, s.loweredWl)
+}
+
+// Policies returns the accepted authorization policies by resource name.
+func (s *WorkloadState) Policies() map[string]*security.Authorization {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return maps.Clone(s.policies)
+}
+
+var _ xds.DeltaHandler = (*WorkloadState)(nil)
