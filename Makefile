@@ -21,7 +21,7 @@ GO_BINS     := kmeshd kmeshctl
 VMTEST      := $(GO) run ./test/vm/vmtest
 
 .PHONY: help all build deps generate check-generated vmlinux lint kmod kmod-clean \
-        test test-go vmtest demo bench bench-smoke clean uninstall
+        test test-go fuzz-go-smoke vmtest demo bench bench-smoke clean uninstall
 
 help:
 	@echo "make deps            install toolchain, guest kernels, Go modules (root)"
@@ -90,7 +90,7 @@ kmod-clean:
 
 # The README's test command. Unit and host tiers run in one `go test` pass as root;
 # host-tier tests announce themselves and are counted separately by testreport.
-test: deps lint check-generated kmod test-go vmtest bench-smoke
+test: deps lint check-generated kmod test-go fuzz-go-smoke vmtest bench-smoke
 	@echo "make test: all checks and tiers passed"
 
 test-go:
@@ -100,6 +100,18 @@ test-go:
 vmtest: kmod
 	$(VMTEST) -kver $(KVER_612) -suite kmod,ebpf
 	$(VMTEST) -kver $(KVER_61) -suite ebpf
+
+# A few seconds of coverage-guided fuzzing per target (the seed corpora also run
+# in test-go). Longer runs: go test -run '^$$' -fuzz FuzzLoad -fuzztime 10m ./pkg/controlplane
+FUZZ_TARGETS := FuzzLoad:./pkg/controlplane FuzzWorkloadAPI:./pkg/compile FuzzEnvoy:./pkg/compile
+FUZZTIME     ?= 4s
+fuzz-go-smoke:
+	@for t in $(FUZZ_TARGETS); do \
+	  echo "fuzz $${t%%:*} ($(FUZZTIME))"; \
+	  out=$$(mktemp); \
+	  if ! $(GO) test -run '^$$' -fuzz "^$${t%%:*}$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 2s $${t##*:} >$$out 2>&1; then \
+	    cat $$out; rm -f $$out; exit 1; fi; rm -f $$out; \
+	done
 
 # --- demo and bench --------------------------------------------------------------
 

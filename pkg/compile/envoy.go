@@ -444,7 +444,7 @@ func validateRouteConfig(rc *model.RouteConfig) []error {
 				errs = append(errs, fmt.Errorf("%s: domain %q is also in virtual host %q", at, d, o))
 			}
 			domains[ld] = vh.Name
-			if err := checkDomain(d); err != nil {
+			if err := CheckDomain(d); err != nil {
 				errs = append(errs, fmt.Errorf("%s: %w", at, err))
 			}
 		}
@@ -478,12 +478,13 @@ func validateRouteConfig(rc *model.RouteConfig) []error {
 	return errs
 }
 
-func checkDomain(d string) error {
+// CheckDomain checks an Envoy virtual-host domain pattern.
+func CheckDomain(d string) error {
 	if d == "*" {
 		return nil
 	}
 	core := strings.TrimSuffix(strings.TrimPrefix(d, "*"), "*")
-	if core == "" || strings.Contains(core, "*") {
+	if core == "" || strings.Contains(core, "*") || strings.HasPrefix(d, "*") && strings.HasSuffix(d, "*") {
 		return fmt.Errorf("domain %q: a wildcard may only be the whole name, a prefix (*.x) or a suffix (x.*)", d)
 	}
 	return nil

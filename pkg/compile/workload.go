@@ -6,11 +6,16 @@ import (
 	"strings"
 
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"google.golang.org/protobuf/proto"
 	"istio.io/istio/pkg/workloadapi"
 	"istio.io/istio/pkg/workloadapi/security"
 
 	"github.com/kmesh-go/kmesh/pkg/model"
 )
+
+// xdsAddressType is xds.AddressType (pkg/xds imports nothing of ours, but
+// keeping the literal here avoids a cycle-prone import for one constant).
+const xdsAddressType = "type.googleapis.com/istio.workload.Address"
 
 // Address is one converted istio.workload.Address: exactly one of Service and
 // Workload is set. A waypoint given by IP (GatewayAddress.address) cannot be
@@ -31,8 +36,11 @@ func ConvertAddress(r *discovery.Resource) (Address, error) {
 	if r.GetResource() == nil {
 		return Address{}, fmt.Errorf("resource has no body")
 	}
+	if t := r.GetResource().GetTypeUrl(); t != xdsAddressType {
+		return Address{}, fmt.Errorf("resource has type %s, want %s", t, xdsAddressType)
+	}
 	var a workloadapi.Address
-	if err := r.GetResource().UnmarshalTo(&a); err != nil {
+	if err := proto.Unmarshal(r.GetResource().GetValue(), &a); err != nil {
 		return Address{}, fmt.Errorf("decoding: %w", err)
 	}
 	var out Address

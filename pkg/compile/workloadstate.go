@@ -7,10 +7,12 @@ import (
 	"maps"
 	"net/netip"
 	"reflect"
+	"runtime"
 	"sort"
 	"sync"
 	"time"
 
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"istio.io/istio/pkg/workloadapi/security"
 
 	"github.com/kmesh-go/kmesh/pkg/dataplane"
@@ -114,30 +116,23 @@ func (s *WorkloadState) authorizations(u *xds.DeltaUpdate) (map[string]error, in
 // waypoints, and lower what changed.
 func (s *WorkloadState) addresses(ctx context.Context, u *xds.DeltaUpdate) (map[string]error, int, error) {
 	rejected := map[string]error{}
-	svcs, wls := maps.Clone(s.services), maps.Clone(s.workloads)
-	touched := map[string]bool{}
+	svcs, wls := cloneSized(s.services, len(u.Resources)), cloneSized(s.workloads, len(u.Resources))
 
-	// convert + validate, per resource.
-	for _, r := range u.Resources {
-		name := r.GetName()
-		a, err := ConvertAddress(r)
-		if err == nil {
-			if a.Service != nil {
-				err = ValidateService(a.Service)
-			} else {
-				err = ValidateWorkload(a.Workload)
-			}
-		}
-		if err != nil {
-			rejected[name] = err
+	// convert + validate, per resource (in parallel for big pushes).
+	conv := convertAll(u.Resources)
+	touched := make(map[string]bool, len(u.Resources)+len(u.Removed))
+	for i, r := range u.Resources {
+		name, c := r.GetName(), conv[i]
+		if c.err != nil {
+			rejected[name] = c.err
 			continue
 		}
 		touched[name] = true
-		if a.Service != nil {
-			svcs[name] = a
+		if c.a.Service != nil {
+			svcs[name] = c.a
 			delete(wls, name)
 		} else {
-			wls[name] = a
+			wls[name] = c.a
 			delete(svcs, name)
 		}
 	}
@@ -170,7 +165,7 @@ func (s *WorkloadState) addresses(ctx context.Context, u *xds.DeltaUpdate) (map[
 	// Materialize the model objects that may have changed: touched ones and
 	// those whose waypoint is an IP (its owner may have changed).
 	vips := vipIndex(svcs)
-	newSvc, newWl := maps.Clone(s.loweredSvc), maps.Clone(s.loweredWl)
+	newSvc, newWl := cloneSized(s.loweredSvc, len(svcs)), cloneSized(s.loweredWl, len(wls))
 	for name, a := range svcs {
 		if touched[name] || a.WaypointIP.IsValid() {
 			newSvc[name] = s.materializeService(a, vips)
@@ -190,9 +185,22 @@ func (s *WorkloadState) addresses(ctx context.Context, u *xds.DeltaUpdate) (map[
 		}
 	}
 
-	ch := diff(s.loweredSvc, newSvc, s.loweredWl, newWl, touched)
+	full := u.Resync || len(touched) > s.opts.FullApplyThreshold
+	var ch Change
+	if !full {
+		ch = diff(s.loweredSvc, newSvc, s.loweredWl, newWl, touched)
+	}
+	for _, svc := range ch.Services {
+		if svcs[svc.Key].WaypointIP.IsValid() && svc.Waypoint == nil {
+			s.log.Warn("waypoint address is not a known service VIP yet; traffic goes direct until it is", "service", svc.Key, "waypoint", svcs[svc.Key].WaypointIP)
+		}
+	}
+	for _, w := range ch.Workloads {
+		if wls[w.UID].WaypointIP.IsValid() && w.Waypoint == nil {
+			s.log.Warn("waypoint address is not a known service VIP yet; traffic goes direct until it is", "workload", w.UID, "waypoint", wls[w.UID].WaypointIP)
+		}
+	}
 	node := s.learnNode(newWl)
-	full := u.Resync || ch.Size() > s.opts.FullApplyThreshold
 	if full {
 		snap := buildSnapshot(node, newSvc, newWl)
 		if err := s.api.Apply(ctx, snap); err != nil {
@@ -217,7 +225,60 @@ func (s *WorkloadState) addresses(ctx context.Context, u *xds.DeltaUpdate) (map[
 	}
 	s.services, s.workloads = svcs, wls
 	s.loweredSvc, s.loweredWl = newSvc, newWl
+	if full {
+		return rejected, len(newSvc) + len(newWl), nil
+	}
 	return rejected, ch.Size(), nil
+}
+
+type converted struct {
+	a   Address
+	err error
+}
+
+// convertAll runs convert and validate over rs, on all CPUs when there are
+// many (a full push of 100k resources is dominated by decoding).
+func convertAll(rs []*discovery.Resource) []converted {
+	out := make([]converted, len(rs))
+	one := func(i int) {
+		a, err := ConvertAddress(rs[i])
+		if err == nil {
+			if a.Service != nil {
+				err = ValidateService(a.Service)
+			} else {
+				err = ValidateWorkload(a.Workload)
+			}
+		}
+		out[i] = converted{a, err}
+	}
+	workers := runtime.GOMAXPROCS(0)
+	if len(rs) < 256 || workers == 1 {
+		for i := range rs {
+			one(i)
+		}
+		return out
+	}
+	var wg sync.WaitGroup
+	chunk := (len(rs) + workers - 1) / workers
+	for lo := 0; lo < len(rs); lo += chunk {
+		hi := min(lo+chunk, len(rs))
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := lo; i < hi; i++ {
+				one(i)
+			}
+		}()
+	}
+	wg.Wait()
+	return out
+}
+
+// cloneSized copies m into a map with room for extra more entries.
+func cloneSized[T any](m map[string]T, extra int) map[string]T {
+	out := make(map[string]T, len(m)+extra)
+	maps.Copy(out, m)
+	return out
 }
 
 // revert puts back prev's version of name in cur (or removes it).
@@ -243,17 +304,21 @@ func conflict(svcs, wls map[string]Address, touched map[string]bool) (string, er
 			owner[ip] = n
 		}
 	}
-	for _, n := range sortedNames(wls) {
-		if !touched[n] {
+	// Workloads: report the smallest conflicting name (deterministic without
+	// sorting 100k names on a full push).
+	bad, badErr := "", error(nil)
+	for n, a := range wls {
+		if !touched[n] || bad != "" && n > bad {
 			continue
 		}
-		for _, ip := range wls[n].Workload.Addresses {
+		for _, ip := range a.Workload.Addresses {
 			if o, ok := owner[ip]; ok {
-				return n, fmt.Errorf("address %s is the VIP of service %q", ip, o)
+				bad, badErr = n, fmt.Errorf("address %s is the VIP of service %q", ip, o)
+				break
 			}
 		}
 	}
-	return "", nil
+	return bad, badErr
 }
 
 func vipIndex(svcs map[string]Address) map[netip.Addr]string {
@@ -273,7 +338,6 @@ func (s *WorkloadState) resolveWaypoint(obj string, ip netip.Addr, port uint16, 
 	if key, ok := vips[ip]; ok && key != obj {
 		return &model.WaypointRef{Service: key, Port: port}
 	}
-	s.log.Warn("waypoint address is not a known service VIP yet; traffic goes direct until it is", "object", obj, "waypoint", ip)
 	return nil
 }
 

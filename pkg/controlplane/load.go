@@ -13,6 +13,8 @@ import (
 	"strings"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/kmesh-go/kmesh/pkg/compile"
 )
 
 // FieldError is a rejected config value, located in the file.
@@ -332,10 +334,21 @@ func (v *validator) config(c *Config) {
 		if len(h.VirtualHosts) == 0 {
 			v.fail(at+".virtualHosts", "at least one virtual host is needed")
 		}
+		domains := map[string]int{}
 		for j, vh := range h.VirtualHosts {
 			vat := fmt.Sprintf("%s.virtualHosts[%d]", at, j)
 			if len(vh.Domains) == 0 {
 				v.fail(vat+".domains", `at least one domain is needed ("*" matches all)`)
+			}
+			for k, d := range vh.Domains {
+				dat := fmt.Sprintf("%s.domains[%d]", vat, k)
+				if err := compile.CheckDomain(d); err != nil {
+					v.fail(dat, "%v", err)
+				}
+				if o, dup := domains[strings.ToLower(d)]; dup {
+					v.fail(dat, "%q is also a domain of virtualHosts[%d]", d, o)
+				}
+				domains[strings.ToLower(d)] = j
 			}
 			for k, r := range vh.Routes {
 				rat := fmt.Sprintf("%s.routes[%d]", vat, k)

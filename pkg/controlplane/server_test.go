@@ -42,7 +42,7 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-func serve(t *testing.T, s *Server) string {
+func serve(t testing.TB, s *Server) string {
 	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -307,7 +307,11 @@ func TestEnvoySotWEndToEnd(t *testing.T) {
 	st := compile.NewEnvoyState(nil, slog.New(slog.DiscardHandler))
 	var mu sync.Mutex
 	var order []string
-	c := client(t, addr, xds.Hooks{OnACK: func(typ, _ string, _ time.Duration) { mu.Lock(); order = append(order, xds.ShortType(typ)); mu.Unlock() }})
+	c := client(t, addr, xds.Hooks{OnACK: func(typ, _ string, _ time.Duration) {
+		mu.Lock()
+		order = append(order, xds.ShortType(typ))
+		mu.Unlock()
+	}})
 	run(t, func(ctx context.Context) { c.RunSotW(ctx, st) })
 	waitFor(t, "L7 model", func() bool { s, _ := st.Snapshot(); return len(s.RouteConfigs) == 1 })
 	snap, _ := st.Snapshot()
