@@ -351,8 +351,10 @@ func convertHeader(h *route.HeaderMatcher) (model.HeaderMatch, error) {
 	}
 	switch s := h.GetHeaderMatchSpecifier().(type) {
 	case *route.HeaderMatcher_ExactMatch:
+		//lint:ignore SA1019 older control planes still send the deprecated form
 		out.Exact = s.ExactMatch
 	case *route.HeaderMatcher_PrefixMatch:
+		//lint:ignore SA1019 older control planes still send the deprecated form
 		out.Prefix = s.PrefixMatch
 	case *route.HeaderMatcher_PresentMatch:
 		if !s.PresentMatch {

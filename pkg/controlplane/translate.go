@@ -13,6 +13,7 @@ import (
 	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tcpproxy "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+	matcher "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -234,9 +235,9 @@ func translateEnvoy(c *Config, ix *services) map[string][]types.Resource {
 					m := &route.HeaderMatcher{Name: hm.Name}
 					switch {
 					case hm.Exact != "":
-						m.HeaderMatchSpecifier = &route.HeaderMatcher_ExactMatch{ExactMatch: hm.Exact}
+						m.HeaderMatchSpecifier = &route.HeaderMatcher_StringMatch{StringMatch: &matcher.StringMatcher{MatchPattern: &matcher.StringMatcher_Exact{Exact: hm.Exact}}}
 					case hm.Prefix != "":
-						m.HeaderMatchSpecifier = &route.HeaderMatcher_PrefixMatch{PrefixMatch: hm.Prefix}
+						m.HeaderMatchSpecifier = &route.HeaderMatcher_StringMatch{StringMatch: &matcher.StringMatcher{MatchPattern: &matcher.StringMatcher_Prefix{Prefix: hm.Prefix}}}
 					default:
 						m.HeaderMatchSpecifier = &route.HeaderMatcher_PresentMatch{PresentMatch: true}
 					}
