@@ -176,24 +176,32 @@ func TestRunEndToEnd(t *testing.T) {
 	if !ok || direct.Status != report.OK || direct.Latency.P50 <= 0 || direct.CPU.Lab <= 0 || direct.Throughput <= 0 {
 		t.Fatalf("direct cell %+v", direct)
 	}
-	for _, s := range []string{report.SidecarHAProxy, report.SidecarNginx, report.NodeProxy, report.Waypoint} {
-		c, ok := report.Find(rep.Cells, s, h)
-		if !ok || c.Status != report.OK || c.Latency.P50 <= 0 {
-			t.Errorf("%s: %+v", s, c)
-		}
-	}
-	// The path check: the server saw each request from the hop the
-	// scenario claims is last (10.78.0.1 client, 127.0.0.1 an inbound
-	// sidecar, .3/.4 node proxies, .5 the waypoint).
-	sees := map[string]string{}
+	// The path check: for every scenario that runs here, the server saw the
+	// probe from the hop the scenario claims is last (10.78.0.1 the client
+	// itself, 127.0.0.1 an inbound sidecar, .3/.4 node proxies, .5 the
+	// waypoint), and every cell of it is OK.
+	want := map[string]string{report.Direct: "10.78.0.1", report.DirectControl: "10.78.0.1",
+		report.DualEngine: "10.78.0.1", report.DualEngineAccel: "10.78.0.1",
+		report.SidecarHAProxy: "127.0.0.1", report.SidecarNginx: "127.0.0.1", report.NodeProxy: "10.78.0.4", report.Waypoint: "10.78.0.5"}
 	for _, s := range rep.Scenarios {
-		sees[s.Name] = s.ServerSees
-	}
-	want := map[string]string{report.Direct: "10.78.0.1", report.DirectControl: "10.78.0.1", report.SidecarHAProxy: "127.0.0.1", report.SidecarNginx: "127.0.0.1",
-		report.NodeProxy: "10.78.0.4", report.Waypoint: "10.78.0.5"}
-	for s, w := range want {
-		if sees[s] != w {
-			t.Errorf("%s: server sees %q, want %q", s, sees[s], w)
+		if !s.Available {
+			continue
+		}
+		w, ok := want[s.Name]
+		if !ok {
+			t.Errorf("scenario %s: add the peer the server should see to this test", s.Name)
+		}
+		if s.ServerSees != w {
+			t.Errorf("%s: server sees %q, want %q", s.Name, s.ServerSees, w)
+		}
+		for _, p := range o.Points {
+			if c, ok := report.Find(rep.Cells, s.Name, p); ok && (c.Status != report.OK || c.Latency.P50 <= 0) {
+				t.Errorf("%s @ %s: %+v", s.Name, p, c)
+			}
+		}
+		// kmesh's scenarios prove their mechanism with kernel counters.
+		if (s.Name == report.DualEngine || s.Name == report.DualEngineAccel) && !strings.Contains(s.Evidence, "connect_lb=") {
+			t.Errorf("%s: no kernel evidence: %+v", s.Name, s)
 		}
 	}
 	kn, _ := report.Find(rep.Cells, report.KernelNative, h)
@@ -202,5 +210,45 @@ func TestRunEndToEnd(t *testing.T) {
 	}
 	if rep.Environment.GitRevision == "" || rep.Environment.Kernel == "unknown" || len(rep.Runs) == 0 {
 		t.Errorf("environment %+v", rep.Environment)
+	}
+}
+
+type checked struct {
+	direct
+	err error
+}
+
+func (c *checked) Check(*Env) (string, error) { return "counters: x=1", c.err }
+
+// A failed post-run check fails every OK run of its scenario, keeps the
+// evidence, and leaves other scenarios alone.
+func TestCheckFailsRuns(t *testing.T) {
+	p := report.Point{Proto: load.HTTP, Conns: 1, Payload: 64}
+	good, bad := &checked{}, &checked{err: errors.New("sk_msg redirected nothing")}
+	rep := &report.Report{
+		Scenarios: []report.ScenarioInfo{{Name: "good"}, {Name: "bad"}, {Name: "plain"}},
+		Runs: []report.Run{
+			{Scenario: "good", Point: p, Status: report.OK}, {Scenario: "bad", Point: p, Status: report.OK},
+			{Scenario: "bad", Point: p, Status: report.Failed, Reason: "earlier"}, {Scenario: "plain", Point: p, Status: report.OK},
+		},
+	}
+	check(nil, []Scenario{good, bad, &direct{}}, make([]error, 3), rep)
+	if rep.Runs[0].Status != report.OK || rep.Runs[3].Status != report.OK {
+		t.Errorf("unrelated runs changed: %+v", rep.Runs)
+	}
+	if rep.Runs[1].Status != report.Failed || !strings.Contains(rep.Runs[1].Reason, "post-run check failed: sk_msg redirected nothing") {
+		t.Errorf("bad run: %+v", rep.Runs[1])
+	}
+	if rep.Runs[2].Reason != "earlier" {
+		t.Errorf("an already failed run lost its reason: %+v", rep.Runs[2])
+	}
+	if rep.Scenarios[0].Evidence != "counters: x=1" || rep.Scenarios[1].Evidence != "counters: x=1" || rep.Scenarios[1].Reason == "" {
+		t.Errorf("scenario info: %+v", rep.Scenarios)
+	}
+	// A scenario that failed setup is not checked.
+	rep.Scenarios[0].Evidence = ""
+	check(nil, []Scenario{good}, []error{errors.New("setup")}, rep)
+	if rep.Scenarios[0].Evidence != "" {
+		t.Error("checked a scenario whose setup failed")
 	}
 }

@@ -153,7 +153,31 @@ func Run(ctx context.Context, o Options) (rep *report.Report, err error) {
 		rep.Runs = append(rep.Runs, run)
 	}
 	prog.done()
+	check(env, o.Scenarios, setupErr, rep)
 	return rep, nil
+}
+
+// check runs the post-sweep checks and fails the runs of a scenario whose
+// mechanism was not in effect.
+func check(env *Env, scenarios []Scenario, setupErr []error, rep *report.Report) {
+	for i, s := range scenarios {
+		c, ok := s.(Checker)
+		if !ok || setupErr[i] != nil {
+			continue
+		}
+		evidence, err := c.Check(env)
+		rep.Scenarios[i].Evidence = evidence
+		if err == nil {
+			continue
+		}
+		reason := "post-run check failed: " + err.Error()
+		rep.Scenarios[i].Reason = reason
+		for j := range rep.Runs {
+			if rep.Runs[j].Scenario == rep.Scenarios[i].Name && rep.Runs[j].Status == report.OK {
+				rep.Runs[j].Status, rep.Runs[j].Reason = report.Failed, reason
+			}
+		}
+	}
 }
 
 func anyFailed(runs []report.Run) bool {

@@ -33,6 +33,15 @@ type Scenario interface {
 	Target(proto load.Proto) Target
 }
 
+// Checker is implemented by scenarios that can prove, after the sweep, that
+// their mechanism was in effect (for example kernel counters showing that
+// connections were load-balanced or that sk_msg redirected data). Check
+// returns the evidence as a short text; an error fails every run of the
+// scenario, because its numbers would not measure what the name says.
+type Checker interface {
+	Check(env *Env) (evidence string, err error)
+}
+
 // Target is the client side of a scenario.
 type Target struct {
 	Addr   netip.AddrPort

@@ -112,6 +112,9 @@ func Markdown(r *Report, plots []string) string {
 		} else if s.Reason != "" {
 			st = s.Reason
 		}
+		if s.Evidence != "" {
+			st += "; " + s.Evidence
+		}
 		sees := s.ServerSees
 		if sees == "" {
 			sees = "—"

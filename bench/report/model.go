@@ -178,6 +178,8 @@ type ScenarioInfo struct {
 	// ServerSees is the peer address the echo server saw for a probe request
 	// sent through the scenario: which hop actually reached the server.
 	ServerSees string `json:"server_sees,omitempty"`
+	// Evidence is what the scenario's post-run check found (kernel counters).
+	Evidence string `json:"evidence,omitempty"`
 }
 
 // Environment records where and with what the numbers were taken.
