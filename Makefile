@@ -21,6 +21,7 @@ GO_BINS     := kmeshd kmeshctl
 VMTEST      := $(GO) run ./test/vm/vmtest
 
 .PHONY: help all build deps generate check-generated vmlinux lint kmod kmod-clean \
+        fuzz-build fuzz-unit fuzz-smoke fuzz \
         test test-go fuzz-go-smoke vmtest demo bench bench-smoke clean uninstall
 
 help:
@@ -29,6 +30,8 @@ help:
 	@echo "make generate        regenerate bpf2go bindings and objects (needs clang-19)"
 	@echo "make vmlinux         regenerate bpf/include/vmlinux.h from the 6.12 headers' BTF"
 	@echo "make kmod            build kmod/kmesh.ko against the Debian 6.12 headers (W=1)"
+	@echo "make fuzz-smoke      HTTP parser: corpus unit test + 30 s libFuzzer run (in make test)"
+	@echo "make fuzz            HTTP parser: long libFuzzer run (FUZZ_SECONDS, default 1800)"
 	@echo "make test            all checks and all three test tiers (root)"
 	@echo "make vmtest          the VM tier only: qemu/TCG on Debian 6.12 and 6.1"
 	@echo "make demo            the embedded-control-plane demo (root)"
@@ -78,6 +81,7 @@ kmod:
 	@$(MAKE) -s -C $(KHEADERS) M=$(CURDIR) W=1 modules 2>&1 | tee $(BUILD).kmod.log; \
 	  if grep -q 'warning:' $(BUILD).kmod.log; then echo "kmod: warnings with W=1 (see above)"; exit 1; fi
 	@rm -f $(BUILD).kmod.log
+	@kmod/check_tailcalls.sh kmod/kmesh.ko
 	@ls -l kmod/kmesh.ko
 
 # Never `make -C $(KHEADERS) M=$(CURDIR) clean`: kbuild's clean deletes every *.mod
@@ -86,11 +90,48 @@ kmod-clean:
 	rm -f kmod/*.o kmod/*.ko kmod/*.mod kmod/*.mod.c kmod/.*.cmd kmod/modules.order \
 	  Module.symvers modules.order .module-common.o .*.cmd
 
+# --- HTTP parser in userspace (kmod/http_parse.c, kmod/fuzz) -----------------------
+
+# The module's parser file, unchanged, under ASan+UBSan: a unit test over the
+# request-head corpus (pkg/kmod/testdata/http, also checked against the kernel
+# build in the VM) and a libFuzzer target. FUZZ_JOBS > 1 runs parallel workers.
+FUZZ_DIR      := $(BUILD)/fuzz
+FUZZ_CFLAGS   := -g -O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all \
+                 -Wall -Wextra -Werror -Ikmod
+HTTP_CORPUS   := pkg/kmod/testdata/http
+FUZZ_SMOKE_SECONDS ?= 30
+FUZZ_SECONDS  ?= 1800
+FUZZ_JOBS     ?= 1
+
+fuzz-build:
+	@mkdir -p $(FUZZ_DIR)/corpus
+	clang-19 $(FUZZ_CFLAGS) -o $(FUZZ_DIR)/http_corpus kmod/fuzz/http_corpus.c kmod/http_parse.c
+	clang-19 $(FUZZ_CFLAGS) -fsanitize=fuzzer -o $(FUZZ_DIR)/fuzz_http kmod/fuzz/fuzz_http.c kmod/http_parse.c
+
+fuzz-unit: fuzz-build
+	$(FUZZ_DIR)/http_corpus $(HTTP_CORPUS)
+
+# libFuzzer prints "Done N runs in S second(s)"; the line is kept in
+# $(FUZZ_DIR)/<target>.log and echoed. The working corpus in $(FUZZ_DIR)/corpus
+# grows across runs; the checked-in corpus seeds it.
+define run_fuzzer
+	cd $(FUZZ_DIR) && ./fuzz_http -max_total_time=$(1) -max_len=12000 -timeout=10 -rss_limit_mb=1024 \
+	  -dict=$(CURDIR)/kmod/fuzz/http.dict -print_final_stats=1 $(if $(filter-out 1,$(FUZZ_JOBS)),-jobs=$(FUZZ_JOBS) -workers=$(FUZZ_JOBS)) \
+	  corpus $(CURDIR)/$(HTTP_CORPUS) > $(2) 2>&1 || { tail -40 $(2); exit 1; }
+	@grep -E "^Done [0-9]+ runs" $(2) || tail -3 $(2)
+endef
+
+fuzz-smoke: fuzz-unit
+	$(call run_fuzzer,$(FUZZ_SMOKE_SECONDS),$(FUZZ_DIR)/smoke.log)
+
+fuzz: fuzz-unit
+	$(call run_fuzzer,$(FUZZ_SECONDS),$(FUZZ_DIR)/fuzz.log)
+
 # --- tests ---------------------------------------------------------------------
 
 # The README's test command. Unit and host tiers run in one `go test` pass as root;
 # host-tier tests announce themselves and are counted separately by testreport.
-test: deps lint check-generated kmod test-go fuzz-go-smoke vmtest bench-smoke
+test: deps lint check-generated kmod fuzz-smoke test-go fuzz-go-smoke vmtest bench-smoke
 	@echo "make test: all checks and tiers passed"
 
 test-go:

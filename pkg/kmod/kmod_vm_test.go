@@ -18,13 +18,22 @@ import (
 // Guest-only tests (VM tier, Debian 6.12): they need module loading, which the
 // host kernel lacks. The VM harness passes the module as KMESH_KMOD_PATH.
 
-func loadModule(t *testing.T) {
+// modulePath is the kmesh.ko the VM harness put into the guest.
+func modulePath(t *testing.T) string {
 	t.Helper()
 	testutil.Privileged(t)
 	path := os.Getenv("KMESH_KMOD_PATH")
 	if path == "" {
 		t.Fatal("KMESH_KMOD_PATH is not set (the VM harness sets it)")
 	}
+	return path
+}
+
+// loadModule loads the module for one test and unloads it at cleanup, which
+// fails the test if the module cannot be unloaded.
+func loadModule(t *testing.T) {
+	t.Helper()
+	path := modulePath(t)
 	if err := Load(path, ""); err != nil {
 		t.Fatal(err)
 	}
@@ -56,8 +65,8 @@ func TestKfuncFromSyscallProgram(t *testing.T) {
 	if err != nil || ret != 0 {
 		t.Fatalf("running probe: ret=%d err=%v", ret, err)
 	}
-	if out.AbiVersion != 1 {
-		t.Fatalf("kfunc returned abi %d, want 1", out.AbiVersion)
+	if out.AbiVersion != ABIVersion {
+		t.Fatalf("kfunc returned abi %d, want %d", out.AbiVersion, ABIVersion)
 	}
 }
 
@@ -94,8 +103,8 @@ func TestKfuncFromConnectHook(t *testing.T) {
 	if err := o.ConnectAbi.Get(&abi); err != nil {
 		t.Fatal(err)
 	}
-	if calls != 3 || abi != 1 {
-		t.Fatalf("connect hook: calls=%d abi=%d, want 3 and 1", calls, abi)
+	if calls != 3 || abi != ABIVersion {
+		t.Fatalf("connect hook: calls=%d abi=%d, want 3 and %d", calls, abi, ABIVersion)
 	}
 	fmt.Println("kfunc called from cgroup/connect4 on", calls, "real connects")
 }
