@@ -140,7 +140,7 @@ test-go:
 
 vmtest: kmod
 	$(VMTEST) -kver $(KVER_612) -suite kmod,ebpf
-	$(VMTEST) -kver $(KVER_61) -suite ebpf
+	$(VMTEST) -kver $(KVER_61) -suite ebpf,kmodold
 
 # A few seconds of coverage-guided fuzzing per target (the seed corpora also run
 # in test-go). Longer runs: go test -run '^$$' -fuzz FuzzLoad -fuzztime 10m ./pkg/controlplane

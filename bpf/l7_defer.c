@@ -63,7 +63,7 @@ static __always_inline int defer(struct bpf_sock_addr *ctx, struct l7_listener_k
 			return SOCK_ALLOW;
 	}
 	stat_add(L7_DEFER_SEEN, 1, 0);
-	err = bpf_kmesh_defer_connect((struct bpf_sock_addr_kern *)ctx, l->tag);
+	err = kmesh_defer_connect(ctx, l->tag);
 	if (err) {
 		stat_add(L7_DEFER_REFUSED, 1, 0);
 		stat_add(L7_DEFER_LASTERR, (__u64)-err, 1);

@@ -151,10 +151,16 @@ static const struct proto *untracked_restore(struct sock *sk)
 	return orig;
 }
 
+/* Ends a deferred socket like a failed connect (tcp_done_with_error, which
+ * is not exported): error, CLOSE, both directions shut, waiters woken. The
+ * state goes to CLOSE first because no SYN went out, so this is not counted
+ * as a failed connection attempt. */
 static void fail_socket(struct sock *sk, int err)
 {
 	tcp_set_state(sk, TCP_CLOSE);
 	WRITE_ONCE(sk->sk_err, err);
+	smp_wmb(); /* pairs with smp_rmb() in tcp_poll() */
+	tcp_done(sk);
 	sk_error_report(sk);
 }
 

@@ -53,7 +53,8 @@ __bpf_kfunc u32 bpf_kmesh_abi_version(void)
 	return KMESH_ABI_VERSION;
 }
 
-/* bpf_kmesh_defer_connect - from cgroup/connect4|6: make this connect() return
+/* bpf_kmesh_defer_connect - from cgroup/connect4|6 (ctx from
+ * bpf_cast_to_kern_ctx()): make this connect() return
  * at once without a SYN; the real connect happens at the first send, to the
  * destination kmesh_l7_ops.route decides. tag is handed to route. Returns 0,
  * or a negative errno when the socket stays plain TCP (-EPERM safe mode,
@@ -151,7 +152,7 @@ __bpf_kfunc_end_defs();
 
 BTF_KFUNCS_START(kmesh_kfunc_ids)
 BTF_ID_FLAGS(func, bpf_kmesh_abi_version)
-BTF_ID_FLAGS(func, bpf_kmesh_defer_connect)
+BTF_ID_FLAGS(func, bpf_kmesh_defer_connect, KF_TRUSTED_ARGS)
 BTF_ID_FLAGS(func, bpf_kmesh_http_parse, KF_ACQUIRE | KF_RET_NULL)
 BTF_ID_FLAGS(func, bpf_kmesh_http_release, KF_RELEASE)
 BTF_ID_FLAGS(func, bpf_kmesh_http_info, KF_TRUSTED_ARGS)

@@ -31,8 +31,13 @@ struct kmesh_l7_ops {
 extern __u32 bpf_kmesh_abi_version(void) __ksym;
 
 /* From cgroup/connect4|6: defer this connect to the first send. 0 or -errno
- * (the socket then stays plain TCP). */
+ * (the socket then stays plain TCP). The kfunc takes the kernel's context
+ * (6.12 only maps __sk_buff and xdp_md to kernel types for kfunc arguments),
+ * so call it as kmesh_defer_connect(ctx, tag). */
 extern int bpf_kmesh_defer_connect(struct bpf_sock_addr_kern *ctx, __u64 tag) __ksym;
+extern void *bpf_cast_to_kern_ctx(void *obj) __ksym;
+#define kmesh_defer_connect(ctx, tag) \
+	bpf_kmesh_defer_connect((struct bpf_sock_addr_kern *)bpf_cast_to_kern_ctx(ctx), (tag))
 
 /* Parser: parse returns NULL only when out of memory; always release. */
 extern struct kmesh_http_req *bpf_kmesh_http_parse(const void *buf, __u32 buf__sz) __ksym;

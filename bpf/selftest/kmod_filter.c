@@ -1,22 +1,24 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /* Programs the module's kfunc filter must REJECT at load time (VM tier, one
- * program loaded at a time): the deferral kfunc outside cgroup/connect, the
+ * program loaded at a time): the deferral kfunc in sock_addr hooks other than
+ * connect, the
  * route kfunc outside kmesh_l7_ops, and the allocating parser in a tracing
  * program (which may run in NMI context). */
 #include "common.h"
 #include "kfuncs.h"
 #include <bpf/bpf_tracing.h>
 
-SEC("syscall")
-int filter_defer_from_syscall(void *ctx)
+SEC("cgroup/bind4")
+int filter_defer_from_bind4(struct bpf_sock_addr *ctx)
 {
-	return bpf_kmesh_defer_connect((struct bpf_sock_addr_kern *)ctx, 1);
+	kmesh_defer_connect(ctx, 1);
+	return SOCK_ALLOW;
 }
 
 SEC("cgroup/sendmsg4")
 int filter_defer_from_sendmsg4(struct bpf_sock_addr *ctx)
 {
-	bpf_kmesh_defer_connect((struct bpf_sock_addr_kern *)ctx, 1);
+	kmesh_defer_connect(ctx, 1);
 	return SOCK_ALLOW;
 }
 

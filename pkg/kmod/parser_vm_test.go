@@ -282,7 +282,7 @@ func TestKfuncFilter(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, name := range []string{"filter_defer_from_syscall", "filter_defer_from_sendmsg4", "filter_parse_from_tracing"} {
+	for _, name := range []string{"filter_defer_from_bind4", "filter_defer_from_sendmsg4", "filter_parse_from_tracing"} {
 		ps := spec.Programs[name]
 		prog, err := ebpf.NewProgram(ps)
 		if err == nil {

@@ -16,8 +16,8 @@ import (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	KmodFilterProgFilterDeferFromBind4    = "filter_defer_from_bind4"
 	KmodFilterProgFilterDeferFromSendmsg4 = "filter_defer_from_sendmsg4"
-	KmodFilterProgFilterDeferFromSyscall  = "filter_defer_from_syscall"
 	KmodFilterProgFilterParseFromTracing  = "filter_parse_from_tracing"
 )
 
@@ -63,8 +63,8 @@ type KmodFilterSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type KmodFilterProgramSpecs struct {
+	FilterDeferFromBind4    *ebpf.ProgramSpec `ebpf:"filter_defer_from_bind4"`
 	FilterDeferFromSendmsg4 *ebpf.ProgramSpec `ebpf:"filter_defer_from_sendmsg4"`
-	FilterDeferFromSyscall  *ebpf.ProgramSpec `ebpf:"filter_defer_from_syscall"`
 	FilterParseFromTracing  *ebpf.ProgramSpec `ebpf:"filter_parse_from_tracing"`
 }
 
@@ -116,15 +116,15 @@ type KmodFilterVariables struct {
 //
 // It can be passed to LoadKmodFilterObjects or ebpf.CollectionSpec.LoadAndAssign.
 type KmodFilterPrograms struct {
+	FilterDeferFromBind4    *ebpf.Program `ebpf:"filter_defer_from_bind4"`
 	FilterDeferFromSendmsg4 *ebpf.Program `ebpf:"filter_defer_from_sendmsg4"`
-	FilterDeferFromSyscall  *ebpf.Program `ebpf:"filter_defer_from_syscall"`
 	FilterParseFromTracing  *ebpf.Program `ebpf:"filter_parse_from_tracing"`
 }
 
 func (p *KmodFilterPrograms) Close() error {
 	return _KmodFilterClose(
+		p.FilterDeferFromBind4,
 		p.FilterDeferFromSendmsg4,
-		p.FilterDeferFromSyscall,
 		p.FilterParseFromTracing,
 	)
 }
