@@ -47,6 +47,7 @@
 #include <linux/rcupdate.h>
 #include <linux/slab.h>
 #include <linux/spinlock.h>
+#include <linux/uaccess.h>
 #include <linux/uio.h>
 #include <linux/wait.h>
 #include <net/inet_connection_sock.h>
@@ -470,8 +471,15 @@ static void decide(struct sock *sk, struct kmesh_dsock *d, struct msghdr *msg)
 		 * tcp_sendmsg. Works for user buffers, kvecs and the bvecs of
 		 * sendfile/splice (MSG_SPLICE_PAGES). */
 		struct iov_iter it = msg->msg_iter;
+		size_t copied;
 
-		if (copy_from_iter(req->data, n, &it) == n) {
+		/* Never sleep on a page fault here (userfaultfd could make that
+		 * unbounded and hold up rmmod): the app just wrote these bytes,
+		 * so they are resident; if not, fall back to plain TCP. */
+		pagefault_disable();
+		copied = copy_from_iter(req->data, n, &it);
+		pagefault_enable();
+		if (copied == n) {
 			kmesh_http_req_parse(req, avail > n);
 			verdict = kmesh_l7_route(&call, req);
 		}
