@@ -19,6 +19,10 @@
 
 #include "kmesh.h"
 
+/* Parse objects alive (BPF programs must release theirs; the verifier makes
+ * sure they do). Checked at unload. */
+static atomic_long_t kmesh_http_reqs = ATOMIC_LONG_INIT(0);
+
 struct kmesh_http_req *kmesh_http_req_alloc(u32 len, gfp_t gfp)
 {
 	struct kmesh_http_req *req;
@@ -26,8 +30,10 @@ struct kmesh_http_req *kmesh_http_req_alloc(u32 len, gfp_t gfp)
 	if (len > KMESH_HTTP_MAX_HEAD)
 		return NULL;
 	req = kmalloc(struct_size(req, data, len), gfp | __GFP_NOWARN);
-	if (req)
+	if (req) {
 		req->len = len;
+		atomic_long_inc(&kmesh_http_reqs);
+	}
 	return req;
 }
 
@@ -42,7 +48,16 @@ void kmesh_http_req_parse(struct kmesh_http_req *req, bool truncated)
 
 void kmesh_http_req_free(struct kmesh_http_req *req)
 {
+	if (req)
+		atomic_long_dec(&kmesh_http_reqs);
 	kfree(req);
+}
+
+void kmesh_kfuncs_exit(void)
+{
+	long n = atomic_long_read(&kmesh_http_reqs);
+
+	WARN(n, "kmesh: %ld HTTP parse objects leaked\n", n);
 }
 
 __bpf_kfunc_start_defs();

@@ -32,6 +32,7 @@ void kmesh_set_safe_mode(bool on);
 
 /* ---- kfuncs.c ---------------------------------------------------------------- */
 int kmesh_kfuncs_init(void);
+void kmesh_kfuncs_exit(void); /* leak check */
 
 /* The kernel-owned parse result BPF programs get from the parser kfuncs: a
  * copy of the parsed bytes (at most KMESH_HTTP_MAX_HEAD) and the offsets into

@@ -170,6 +170,7 @@ static void __exit kmesh_exit(void)
 {
 	genl_unregister_family(&kmesh_genl_family);
 	kmesh_defer_exit();
+	kmesh_kfuncs_exit();
 	pr_info("kmesh: unloaded\n");
 }
 
