@@ -1,0 +1,495 @@
+// Command demo is `sudo make demo`: it builds a small network-namespace
+// topology, starts kmeshd on the embedded control plane with
+// deploy/standalone/demo.yaml, sends traffic from the client namespace to the
+// service VIP (which is routed nowhere: only kmesh's connect-time rewrite makes
+// it reachable), prints per-backend counts and latency, edits the config live
+// (a weight change, then a bad edit that is rejected) and shows the effect,
+// and removes everything it created, also on Ctrl-C.
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/kmesh-go/kmesh/pkg/probe"
+)
+
+// The topology (also described in deploy/standalone/demo.yaml).
+const (
+	nsBridge = "kmdemo-br"
+	nsClient = "kmdemo-client"
+	vip      = "10.96.78.10:80"
+	subnet   = "10.78.0.%d/24"
+)
+
+var backends = []struct{ ns, ip, name string }{
+	{"kmdemo-be1", "10.78.0.2", "echo-v1"},
+	{"kmdemo-be2", "10.78.0.3", "echo-v2"},
+}
+
+func main() {
+	if len(os.Args) > 1 && os.Args[1] == "client" {
+		clientMain(os.Args[2:])
+		return
+	}
+	mode := flag.String("mode", "dual-engine", "dual-engine (kernel-native needs kmesh.ko: issue #6)")
+	kmeshd := flag.String("kmeshd", ".build/kmeshd", "kmeshd binary (make demo builds it)")
+	config := flag.String("config", "deploy/standalone/demo.yaml", "demo config (copied; the copy is edited)")
+	requests := flag.Int("n", 200, "requests per phase")
+	flag.Parse()
+	if err := run(*mode, *kmeshd, *config, *requests); err != nil {
+		fmt.Fprintln(os.Stderr, "demo:", err)
+		os.Exit(1)
+	}
+}
+
+// cleanup runs registered undo steps in reverse, once.
+type cleanup struct {
+	mu    sync.Mutex
+	steps []func()
+	done  bool
+}
+
+func (c *cleanup) add(f func()) { c.mu.Lock(); c.steps = append(c.steps, f); c.mu.Unlock() }
+
+func (c *cleanup) run() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.done {
+		return
+	}
+	c.done = true
+	for i := len(c.steps) - 1; i >= 0; i-- {
+		c.steps[i]()
+	}
+}
+
+func step(format string, a ...any) { fmt.Printf("\n==> "+format+"\n", a...) }
+
+func run(mode, kmeshd, config string, n int) error {
+	if os.Geteuid() != 0 {
+		return errors.New("needs root (sudo make demo)")
+	}
+	if mode != "dual-engine" {
+		return fmt.Errorf("mode %q: the demo runs dual-engine; kernel-native needs kmesh.ko and in-kernel routes (issue #6)", mode)
+	}
+	if _, err := os.Stat(kmeshd); err != nil {
+		return fmt.Errorf("%s: %w (run make build)", kmeshd, err)
+	}
+	kmeshd, _ = filepath.Abs(kmeshd)
+	cl := &cleanup{}
+	defer cl.run()
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		if _, ok := <-sigs; ok {
+			fmt.Println("\ninterrupted: cleaning up")
+			cancel()
+		}
+	}()
+
+	tmp, err := os.MkdirTemp("", "kmesh-demo-")
+	if err != nil {
+		return err
+	}
+	cl.add(func() { os.RemoveAll(tmp) })
+
+	step("creating the topology: %s (client, 10.78.0.1), %s, %s on a bridge in %s", nsClient, backends[0].ns, backends[1].ns, nsBridge)
+	if err := topology(cl); err != nil {
+		return err
+	}
+	for _, b := range backends {
+		if err := serveBackend(cl, b.ns, b.ip, b.name); err != nil {
+			return err
+		}
+	}
+	fmt.Printf("    backends: echo-v1 at 10.78.0.2:8080, echo-v2 at 10.78.0.3:8080; service VIP %s (routed nowhere)\n", vip)
+
+	// A dedicated cgroup for kmeshd's programs, so the demo touches no other process.
+	mount, err := probe.Cgroup2Mount(os.Getenv("KMESH_CGROUP2"))
+	if err != nil {
+		return err
+	}
+	cg := filepath.Join(mount, "kmesh-demo")
+	os.Remove(cg)
+	if err := os.Mkdir(cg, 0o755); err != nil {
+		return fmt.Errorf("cgroup: %w", err)
+	}
+	cl.add(func() { killCgroup(cg) })
+
+	step("without kmesh: the client cannot reach the VIP")
+	if r := clientRun(ctx, cg, 1); r.Errors == 0 {
+		return errors.New("the VIP answered without kmesh; is another mesh running?")
+	} else {
+		fmt.Printf("    connect %s: %s\n", vip, r.FirstError)
+	}
+
+	cfg := filepath.Join(tmp, "demo.yaml")
+	orig, err := os.ReadFile(config)
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(cfg, orig, 0o644); err != nil {
+		return err
+	}
+	step("starting kmeshd (embedded control plane on %s)", cfg)
+	logPath := filepath.Join(tmp, "kmeshd.log")
+	pinDir := fmt.Sprintf("kmesh-demo-%d", os.Getpid())
+	args := []string{"--config", cfg, "--xds-listen", "127.0.0.1:0", "--cgroup", "kmesh-demo",
+		"--pin-dir", pinDir, "--state-dir", filepath.Join(tmp, "state")}
+	logf, err := os.Create(logPath)
+	if err != nil {
+		return err
+	}
+	d := exec.Command(kmeshd, args...)
+	d.Stdout, d.Stderr = logf, logf
+	if err := d.Start(); err != nil {
+		return err
+	}
+	fmt.Printf("    %s %s\n    log: %s\n", kmeshd, strings.Join(args, " "), logPath)
+	exited := make(chan error, 1)
+	go func() { exited <- d.Wait() }()
+	cl.add(func() {
+		d.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(10 * time.Second):
+			d.Process.Kill()
+			<-exited
+		}
+		// Detach and unpin everything kmeshd created.
+		u := exec.Command(kmeshd, append([]string{"uninstall"}, args[4:]...)...)
+		if out, err := u.CombinedOutput(); err != nil {
+			fmt.Printf("kmeshd uninstall: %v: %s\n", err, out)
+		}
+	})
+
+	// Ready when the client gets an answer through the VIP.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if r := clientRun(ctx, cg, 1); r.Errors == 0 {
+			break
+		}
+		select {
+		case err := <-exited:
+			exited <- err
+			tail(logPath)
+			return fmt.Errorf("kmeshd exited: %v", err)
+		case <-ctx.Done():
+			return ctx.Err()
+		default:
+		}
+		if time.Now().After(deadline) {
+			tail(logPath)
+			return errors.New("kmeshd did not start serving the VIP within 30 s")
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+
+	step("phase 1: %d requests from %s to http://%s/ (weights echo-v1=1 echo-v2=1)", n, nsClient, vip)
+	if err := phase(ctx, cg, n); err != nil {
+		return err
+	}
+
+	step("live edit: echo-v2 weight 1 -> 3 (the file is rewritten; kmeshd applies it within ~100 ms)")
+	edited := strings.Replace(string(orig), "    addresses: [10.78.0.3]\n    services: [{service: echo}]\n    weight: 1",
+		"    addresses: [10.78.0.3]\n    services: [{service: echo}]\n    weight: 3", 1)
+	if edited == string(orig) {
+		return errors.New("demo.yaml does not have the expected echo-v2 entry")
+	}
+	if err := replaceFile(cfg, edited); err != nil {
+		return err
+	}
+	waitLog(logPath, "config reloaded", 5*time.Second)
+	step("phase 2: %d requests (expect about 25%% echo-v1, 75%% echo-v2)", n)
+	if err := phase(ctx, cg, n); err != nil {
+		return err
+	}
+
+	step("bad edit: the VIP becomes 10.96.78.999")
+	if err := replaceFile(cfg, strings.Replace(edited, "10.96.78.10", "10.96.78.999", 1)); err != nil {
+		return err
+	}
+	if line := waitLog(logPath, "config rejected", 5*time.Second); line != "" {
+		fmt.Println("    kmeshd:", line)
+	}
+	fmt.Println("    the last good config keeps serving:")
+	if err := phase(ctx, cg, n/4); err != nil {
+		return err
+	}
+	step("cleaning up (kmeshd stopped and uninstalled, namespaces and cgroup removed)")
+	return nil
+}
+
+func replaceFile(path, content string) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(content), 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+// waitLog waits for a log line containing s (after the call) and returns it.
+func waitLog(path, s string, timeout time.Duration) string {
+	seen := countLines(path, s)
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		if lines := matching(path, s); len(lines) > seen {
+			return lines[len(lines)-1]
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	fmt.Printf("    (no %q in the log after %v)\n", s, timeout)
+	return ""
+}
+
+func countLines(path, s string) int { return len(matching(path, s)) }
+
+func matching(path, s string) []string {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	var out []string
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		if strings.Contains(sc.Text(), s) {
+			out = append(out, sc.Text())
+		}
+	}
+	return out
+}
+
+func tail(path string) {
+	b, _ := os.ReadFile(path)
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	if len(lines) > 20 {
+		lines = lines[len(lines)-20:]
+	}
+	fmt.Println("--- kmeshd log (last lines) ---")
+	fmt.Println(strings.Join(lines, "\n"))
+}
+
+func phase(ctx context.Context, cg string, n int) error {
+	r := clientRun(ctx, cg, n)
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	names := make([]string, 0, len(r.Counts))
+	for k := range r.Counts {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	for _, k := range names {
+		c := r.Counts[k]
+		fmt.Printf("    %-8s %4d  %5.1f%%  %s\n", k, c, 100*float64(c)/float64(n), strings.Repeat("#", c*50/n))
+	}
+	fmt.Printf("    errors   %4d\n", r.Errors)
+	fmt.Printf("    latency per request (new connection each): p50 %v  p90 %v  p99 %v\n", r.P50, r.P90, r.P99)
+	if r.Errors > 0 {
+		return fmt.Errorf("%d of %d requests failed (first: %s)", r.Errors, n, r.FirstError)
+	}
+	return nil
+}
+
+// ---- topology ----------------------------------------------------------------
+
+func sh(args ...string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, args[0], args[1:]...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("%s: %v: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+func topology(cl *cleanup) error {
+	all := []string{nsBridge, nsClient}
+	for _, b := range backends {
+		all = append(all, b.ns)
+	}
+	for _, ns := range all { // leftovers of an interrupted run
+		exec.Command("ip", "netns", "del", ns).Run()
+	}
+	for _, ns := range all {
+		if err := sh("ip", "netns", "add", ns); err != nil {
+			return err
+		}
+		cl.add(func() { exec.Command("ip", "netns", "del", ns).Run() })
+		if err := sh("ip", "-n", ns, "link", "set", "lo", "up"); err != nil {
+			return err
+		}
+	}
+	if err := sh("ip", "-n", nsBridge, "link", "add", "br0", "type", "bridge"); err != nil {
+		return err
+	}
+	if err := sh("ip", "-n", nsBridge, "link", "set", "br0", "up"); err != nil {
+		return err
+	}
+	hosts := []string{nsClient}
+	for _, b := range backends {
+		hosts = append(hosts, b.ns)
+	}
+	for i, ns := range hosts {
+		peer := fmt.Sprintf("p%d", i+1)
+		for _, c := range [][]string{
+			{"ip", "link", "add", "eth0", "netns", ns, "type", "veth", "peer", "name", peer, "netns", nsBridge},
+			{"ip", "-n", nsBridge, "link", "set", peer, "master", "br0", "up"},
+			{"ip", "-n", ns, "addr", "add", fmt.Sprintf(subnet, i+1), "dev", "eth0"},
+			{"ip", "-n", ns, "link", "set", "eth0", "up"},
+		} {
+			if err := sh(c...); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// inNetns runs fn on a thread switched into the named namespace; sockets made
+// there stay in it.
+func inNetns(ns string, fn func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := os.Open("/proc/thread-self/ns/net")
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer orig.Close()
+		target, err := os.Open("/run/netns/" + ns)
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer target.Close()
+		if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
+			errc <- err
+			return
+		}
+		ferr := fn()
+		if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
+			errc <- err // the thread stays locked and dies with the goroutine
+			return
+		}
+		runtime.UnlockOSThread()
+		errc <- ferr
+	}()
+	return <-errc
+}
+
+func serveBackend(cl *cleanup, ns, ip, name string) error {
+	var ln net.Listener
+	if err := inNetns(ns, func() (err error) { ln, err = net.Listen("tcp", ip+":8080"); return err }); err != nil {
+		return fmt.Errorf("backend %s: %w", name, err)
+	}
+	srv := &http.Server{ReadHeaderTimeout: 5 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		io.WriteString(w, name+"\n")
+	})}
+	go srv.Serve(ln)
+	cl.add(func() { srv.Close() })
+	return nil
+}
+
+func killCgroup(path string) {
+	os.WriteFile(filepath.Join(path, "cgroup.kill"), []byte("1"), 0)
+	for i := 0; i < 100; i++ {
+		if err := os.Remove(path); err == nil || errors.Is(err, os.ErrNotExist) {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// ---- client ------------------------------------------------------------------
+
+type result struct {
+	Counts        map[string]int
+	Errors        int
+	FirstError    string
+	P50, P90, P99 time.Duration
+}
+
+// clientRun runs this program's client mode inside the client namespace and
+// the demo cgroup (clone3 CLONE_INTO_CGROUP on `ip netns exec`, inherited by
+// the exec'd client).
+func clientRun(ctx context.Context, cg string, n int) result {
+	self, _ := os.Executable()
+	cgfd, err := unix.Open(cg, unix.O_DIRECTORY|unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return result{Errors: n, FirstError: err.Error()}
+	}
+	defer unix.Close(cgfd)
+	cctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(cctx, "ip", "netns", "exec", nsClient, self, "client", vip, fmt.Sprint(n))
+	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: cgfd}
+	out, err := cmd.Output()
+	var r result
+	if err == nil {
+		err = json.Unmarshal(out, &r)
+	}
+	if err != nil {
+		return result{Errors: n, FirstError: err.Error()}
+	}
+	return r
+}
+
+// clientMain: GET http://VIP/ n times, a new connection each, and report
+// which backend answered and how long each request took.
+func clientMain(args []string) {
+	addr, n := args[0], 0
+	fmt.Sscan(args[1], &n)
+	r := result{Counts: map[string]int{}}
+	var lat []time.Duration
+	hc := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	for i := 0; i < n; i++ {
+		start := time.Now()
+		resp, err := hc.Get("http://" + addr + "/")
+		if err == nil {
+			var b []byte
+			b, err = io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if err == nil {
+				r.Counts[strings.TrimSpace(string(b))]++
+				lat = append(lat, time.Since(start))
+				continue
+			}
+		}
+		r.Errors++
+		if r.FirstError == "" {
+			r.FirstError = err.Error()
+		}
+	}
+	if len(lat) > 0 {
+		sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+		pct := func(p float64) time.Duration { return lat[min(len(lat)-1, int(p*float64(len(lat))))].Round(time.Microsecond) }
+		r.P50, r.P90, r.P99 = pct(0.50), pct(0.90), pct(0.99)
+	}
+	json.NewEncoder(os.Stdout).Encode(r)
+}
