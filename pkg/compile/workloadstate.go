@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"reflect"
 	"runtime"
+	"runtime/debug"
 	"sort"
 	"sync"
 	"time"
@@ -116,6 +117,12 @@ func (s *WorkloadState) authorizations(u *xds.DeltaUpdate) (map[string]error, in
 // waypoints, and lower what changed.
 func (s *WorkloadState) addresses(ctx context.Context, u *xds.DeltaUpdate) (map[string]error, int, error) {
 	rejected := map[string]error{}
+	if len(u.Resources) > s.opts.FullApplyThreshold {
+		// A big push allocates hundreds of MB of short-lived objects; with the
+		// default GOGC the collector runs many times over a live heap that is
+		// mostly the model itself. Collect less often while it lasts.
+		defer debug.SetGCPercent(debug.SetGCPercent(400))
+	}
 	svcs, wls := cloneSized(s.services, len(u.Resources)), cloneSized(s.workloads, len(u.Resources))
 
 	// convert + validate, per resource (in parallel for big pushes).
