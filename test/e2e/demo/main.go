@@ -228,7 +228,7 @@ func run(mode, kmeshd, config string, n int) error {
 	}
 
 	step("bad edit: the VIP becomes 10.96.78.999")
-	if err := replaceFile(cfg, strings.Replace(edited, "10.96.78.10", "10.96.78.999", 1)); err != nil {
+	if err := replaceFile(cfg, strings.Replace(edited, "vips: [10.96.78.10]", "vips: [10.96.78.999]", 1)); err != nil {
 		return err
 	}
 	if line := waitLog(logPath, "config rejected", 5*time.Second); line != "" {
@@ -261,6 +261,7 @@ func waitLog(path, s string, timeout time.Duration) string {
 		time.Sleep(50 * time.Millisecond)
 	}
 	fmt.Printf("    (no %q in the log after %v)\n", s, timeout)
+	tail(path)
 	return ""
 }
 
