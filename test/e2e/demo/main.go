@@ -489,7 +489,9 @@ func clientMain(args []string) {
 	}
 	if len(lat) > 0 {
 		sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
-		pct := func(p float64) time.Duration { return lat[min(len(lat)-1, int(p*float64(len(lat))))].Round(time.Microsecond) }
+		pct := func(p float64) time.Duration {
+			return lat[min(len(lat)-1, int(p*float64(len(lat))))].Round(time.Microsecond)
+		}
 		r.P50, r.P90, r.P99 = pct(0.50), pct(0.90), pct(0.99)
 	}
 	json.NewEncoder(os.Stdout).Encode(r)
