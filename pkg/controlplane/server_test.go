@@ -410,3 +410,52 @@ func TestEnvoySotWNACKKeepsLastGood(t *testing.T) {
 		return len(s.RouteConfigs) == 1 && s.RouteConfigs[0].VirtualHosts[0].Routes[0].Match.PathPrefix == "/v3"
 	})
 }
+
+// SotW reconnect: a client that had a complete config re-subscribes to every
+// type on the new stream and applies what changed meanwhile.
+func TestEnvoySotWReconnect(t *testing.T) {
+	srv := New(Options{NodeName: "host1", Logger: slog.New(slog.DiscardHandler)})
+	if err := srv.SetConfig(mustLoad(t, httpCfg)); err != nil {
+		t.Fatal(err)
+	}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := lis.Addr().String()
+	ctx1, cancel1 := context.WithCancel(context.Background())
+	done1 := make(chan struct{})
+	go func() { srv.Serve(ctx1, lis); close(done1) }()
+	st := compile.NewEnvoyState(nil, slog.New(slog.DiscardHandler))
+	c := client(t, addr, xds.Hooks{})
+	run(t, func(ctx context.Context) { c.RunSotW(ctx, st) })
+	waitFor(t, "L7 model", func() bool { s, _ := st.Snapshot(); return len(s.RouteConfigs) == 1 })
+	cancel1()
+	<-done1
+
+	srv2 := New(Options{NodeName: "host1", Logger: slog.New(slog.DiscardHandler)})
+	if err := srv2.SetConfig(mustLoad(t, strings.Replace(httpCfg, "prefix: /v2", "prefix: /v9", 1))); err != nil {
+		t.Fatal(err)
+	}
+	var lis2 net.Listener
+	for i := 0; i < 100; i++ {
+		if lis2, err = net.Listen("tcp", addr); err == nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx2, cancel2 := context.WithCancel(context.Background())
+	done2 := make(chan struct{})
+	go func() { srv2.Serve(ctx2, lis2); close(done2) }()
+	t.Cleanup(func() { cancel2(); <-done2 })
+	waitFor(t, "resync after restart", func() bool {
+		s, _ := st.Snapshot()
+		return len(s.RouteConfigs) == 1 && s.RouteConfigs[0].VirtualHosts[0].Routes[0].Match.PathPrefix == "/v9"
+	})
+	if c.Stats.Connects.Load() < 2 {
+		t.Fatalf("connects %d", c.Stats.Connects.Load())
+	}
+}
