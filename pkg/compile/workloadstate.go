@@ -53,6 +53,11 @@ type WorkloadState struct {
 	node       model.Node
 	nodeSet    bool
 	policies   map[string]*security.Authorization
+	// Indexes kept by put: the service owning each VIP, objects whose waypoint
+	// is given by IP, workloads on this node.
+	vipOwner map[netip.Addr]string
+	wpIP     map[string]bool
+	locals   map[string]bool
 }
 
 // NewWorkloadState returns an empty state lowering into api.
@@ -69,6 +74,7 @@ func NewWorkloadState(api dataplane.API, opts WorkloadOptions) *WorkloadState {
 		loweredSvc: map[string]model.Service{}, loweredWl: map[string]model.Workload{},
 		policies: map[string]*security.Authorization{},
 		node:     model.Node{Name: opts.NodeName},
+		vipOwner: map[netip.Addr]string{}, wpIP: map[string]bool{}, locals: map[string]bool{},
 	}
 }
 
@@ -114,7 +120,8 @@ func (s *WorkloadState) authorizations(u *xds.DeltaUpdate) (map[string]error, in
 
 // addresses runs the passes for one Address response: convert and validate
 // each resource, check it against the rest (VIP ownership), resolve
-// waypoints, and lower what changed.
+// waypoints, and lower what changed. The state is changed in place with an
+// undo record, so a single update costs O(1) in the size of the mesh.
 func (s *WorkloadState) addresses(ctx context.Context, u *xds.DeltaUpdate) (map[string]error, int, error) {
 	rejected := map[string]error{}
 	if len(u.Resources) > s.opts.FullApplyThreshold {
@@ -123,119 +130,267 @@ func (s *WorkloadState) addresses(ctx context.Context, u *xds.DeltaUpdate) (map[
 		// mostly the model itself. Collect less often while it lasts.
 		defer debug.SetGCPercent(debug.SetGCPercent(400))
 	}
-	svcs, wls := cloneSized(s.services, len(u.Resources)), cloneSized(s.workloads, len(u.Resources))
 
 	// convert + validate, per resource (in parallel for big pushes).
 	conv := convertAll(u.Resources)
-	touched := make(map[string]bool, len(u.Resources)+len(u.Removed))
+	staged := make(map[string]*Address, len(u.Resources)+len(u.Removed)) // nil: remove
 	for i, r := range u.Resources {
-		name, c := r.GetName(), conv[i]
-		if c.err != nil {
-			rejected[name] = c.err
+		if conv[i].err != nil {
+			rejected[r.GetName()] = conv[i].err
 			continue
 		}
-		touched[name] = true
-		if c.a.Service != nil {
-			svcs[name] = c.a
-			delete(wls, name)
-		} else {
-			wls[name] = c.a
-			delete(svcs, name)
-		}
+		a := conv[i].a
+		staged[r.GetName()] = &a
 	}
 	for _, name := range u.Removed {
-		if _, ok := svcs[name]; ok {
-			touched[name] = true
+		if s.has(name) {
+			staged[name] = nil
 		}
-		if _, ok := wls[name]; ok {
-			touched[name] = true
-		}
-		delete(svcs, name)
-		delete(wls, name)
 	}
 
 	// cross-check: a VIP belongs to one service, and no workload uses a VIP.
-	// An object of this response that conflicts is rejected and its previous
-	// version (if any) kept; repeat until consistent (each round reverts one
-	// object, and the previous state was consistent).
+	// The object of this response that conflicts is rejected (its previous
+	// version stays); repeat until consistent.
 	for {
-		name, err := conflict(svcs, wls, touched)
+		name, err := s.conflict(staged)
 		if name == "" {
 			break
 		}
 		rejected[name] = err
-		delete(touched, name)
-		revert(name, svcs, s.services)
-		revert(name, wls, s.workloads)
+		delete(staged, name)
 	}
 
-	// Materialize the model objects that may have changed: touched ones and
-	// those whose waypoint is an IP (its owner may have changed).
-	vips := vipIndex(svcs)
-	newSvc, newWl := cloneSized(s.loweredSvc, len(svcs)), cloneSized(s.loweredWl, len(wls))
-	for name, a := range svcs {
-		if touched[name] || a.WaypointIP.IsValid() {
-			newSvc[name] = s.materializeService(a, vips)
-		}
+	// Apply to the model, remembering what was there.
+	undo := map[string]saved{}
+	for name, a := range staged {
+		undo[name] = s.save(name)
+		s.put(name, a)
 	}
-	for name, a := range wls {
-		if touched[name] || a.WaypointIP.IsValid() {
-			newWl[name] = s.materializeWorkload(a, vips)
-		}
+	// Materialize: staged objects, and those whose waypoint is an IP (the
+	// VIP's owner may have changed).
+	changed := map[string]bool{}
+	for name := range staged {
+		changed[name] = true
 	}
-	for name := range touched {
-		if _, ok := svcs[name]; !ok {
-			delete(newSvc, name)
-		}
-		if _, ok := wls[name]; !ok {
-			delete(newWl, name)
-		}
+	for name := range s.wpIP {
+		changed[name] = true
 	}
-
-	full := u.Resync || len(touched) > s.opts.FullApplyThreshold
 	var ch Change
-	if !full {
-		ch = diff(s.loweredSvc, newSvc, s.loweredWl, newWl, touched)
+	for name := range changed {
+		if _, ok := undo[name]; !ok {
+			undo[name] = s.save(name)
+		}
+		if s.materialize(name, &ch) {
+			continue
+		}
+		if _, isStaged := staged[name]; !isStaged {
+			delete(undo, name) // nothing changed for it
+		}
 	}
 	for _, svc := range ch.Services {
-		if svcs[svc.Key].WaypointIP.IsValid() && svc.Waypoint == nil {
-			s.log.Warn("waypoint address is not a known service VIP yet; traffic goes direct until it is", "service", svc.Key, "waypoint", svcs[svc.Key].WaypointIP)
+		if a := s.services[svc.Key]; a.WaypointIP.IsValid() && svc.Waypoint == nil {
+			s.log.Warn("waypoint address is not a known service VIP yet; traffic goes direct until it is", "service", svc.Key, "waypoint", a.WaypointIP)
 		}
 	}
 	for _, w := range ch.Workloads {
-		if wls[w.UID].WaypointIP.IsValid() && w.Waypoint == nil {
-			s.log.Warn("waypoint address is not a known service VIP yet; traffic goes direct until it is", "workload", w.UID, "waypoint", wls[w.UID].WaypointIP)
+		if a := s.workloads[w.UID]; a.WaypointIP.IsValid() && w.Waypoint == nil {
+			s.log.Warn("waypoint address is not a known service VIP yet; traffic goes direct until it is", "workload", w.UID, "waypoint", a.WaypointIP)
 		}
 	}
-	node := s.learnNode(newWl)
-	if full {
-		snap := buildSnapshot(node, newSvc, newWl)
+
+	node := s.learnNode()
+	if u.Resync || ch.Size() > s.opts.FullApplyThreshold {
+		snap := buildSnapshot(node, s.loweredSvc, s.loweredWl)
 		if err := s.api.Apply(ctx, snap); err != nil {
-			return nil, 0, fmt.Errorf("applying %d services and %d workloads: %w", len(newSvc), len(newWl), err)
+			for name, old := range undo {
+				s.restore(name, old)
+			}
+			return nil, 0, fmt.Errorf("applying %d services and %d workloads: %w", len(snap.Services), len(snap.Workloads), err)
 		}
 		s.node, s.nodeSet = node, true
-	} else {
-		if !s.nodeSet || !reflect.DeepEqual(node, s.node) {
-			if err := s.api.SetNode(ctx, node); err != nil {
-				return nil, 0, fmt.Errorf("setting node locality: %w", err)
-			}
-			s.node, s.nodeSet = node, true
-		}
-		for name, err := range Lower(ctx, s.api, ch) {
-			// The dataplane kept its previous state for this object: so do we.
-			rejected[name] = err
-			revert(name, svcs, s.services)
-			revert(name, wls, s.workloads)
-			revert(name, newSvc, s.loweredSvc)
-			revert(name, newWl, s.loweredWl)
-		}
+		return rejected, len(snap.Services) + len(snap.Workloads), nil
 	}
-	s.services, s.workloads = svcs, wls
-	s.loweredSvc, s.loweredWl = newSvc, newWl
-	if full {
-		return rejected, len(newSvc) + len(newWl), nil
+	if !s.nodeSet || !reflect.DeepEqual(node, s.node) {
+		if err := s.api.SetNode(ctx, node); err != nil {
+			for name, old := range undo {
+				s.restore(name, old)
+			}
+			return nil, 0, fmt.Errorf("setting node locality: %w", err)
+		}
+		s.node, s.nodeSet = node, true
+	}
+	for name, err := range Lower(ctx, s.api, ch) {
+		// The dataplane kept its previous state for this object: so do we.
+		rejected[name] = err
+		s.restore(name, undo[name])
 	}
 	return rejected, ch.Size(), nil
+}
+
+// has reports whether name is a known service or workload.
+func (s *WorkloadState) has(name string) bool {
+	_, ok1 := s.services[name]
+	_, ok2 := s.workloads[name]
+	return ok1 || ok2
+}
+
+// saved is one object's state before a response, for undo.
+type saved struct {
+	svc, wl Address
+	hasSvc  bool
+	hasWl   bool
+	lsvc    model.Service
+	lwl     model.Workload
+	hasLSvc bool
+	hasLWl  bool
+}
+
+func (s *WorkloadState) save(name string) saved {
+	var o saved
+	o.svc, o.hasSvc = s.services[name]
+	o.wl, o.hasWl = s.workloads[name]
+	o.lsvc, o.hasLSvc = s.loweredSvc[name]
+	o.lwl, o.hasLWl = s.loweredWl[name]
+	return o
+}
+
+func (s *WorkloadState) restore(name string, o saved) {
+	switch {
+	case o.hasSvc:
+		s.put(name, &o.svc)
+	case o.hasWl:
+		s.put(name, &o.wl)
+	default:
+		s.put(name, nil)
+	}
+	delete(s.loweredSvc, name)
+	delete(s.loweredWl, name)
+	if o.hasLSvc {
+		s.loweredSvc[name] = o.lsvc
+	}
+	if o.hasLWl {
+		s.loweredWl[name] = o.lwl
+	}
+}
+
+// put sets (or, with nil, removes) an object and keeps the indexes: VIP
+// owners, objects with waypoint IPs, local workloads.
+func (s *WorkloadState) put(name string, a *Address) {
+	if old, ok := s.services[name]; ok {
+		for _, ip := range old.Service.VIPs {
+			if s.vipOwner[ip] == name {
+				delete(s.vipOwner, ip)
+			}
+		}
+		delete(s.services, name)
+	}
+	delete(s.workloads, name)
+	delete(s.wpIP, name)
+	delete(s.locals, name)
+	if a == nil {
+		return
+	}
+	if a.Service != nil {
+		s.services[name] = *a
+		for _, ip := range a.Service.VIPs {
+			s.vipOwner[ip] = name
+		}
+	} else {
+		s.workloads[name] = *a
+		if s.opts.NodeName != "" && a.Workload.Locality.Node == s.opts.NodeName {
+			s.locals[name] = true
+		}
+	}
+	if a.WaypointIP.IsValid() {
+		s.wpIP[name] = true
+	}
+}
+
+// materialize recomputes name's lowered form and adds it to ch if it
+// differs from what the dataplane has; it reports whether it did.
+func (s *WorkloadState) materialize(name string, ch *Change) bool {
+	if a, ok := s.services[name]; ok {
+		svc := s.materializeService(a)
+		delete(s.loweredWl, name)
+		if old, ok := s.loweredSvc[name]; ok && reflect.DeepEqual(old, svc) {
+			return false
+		}
+		s.loweredSvc[name] = svc
+		ch.Services = append(ch.Services, svc)
+		return true
+	}
+	if a, ok := s.workloads[name]; ok {
+		wl := s.materializeWorkload(a)
+		if _, was := s.loweredSvc[name]; was {
+			delete(s.loweredSvc, name)
+			ch.DeletedServices = append(ch.DeletedServices, name)
+		}
+		if old, ok := s.loweredWl[name]; ok && reflect.DeepEqual(old, wl) {
+			return false
+		}
+		s.loweredWl[name] = wl
+		ch.Workloads = append(ch.Workloads, wl)
+		return true
+	}
+	changed := false
+	if _, ok := s.loweredSvc[name]; ok {
+		delete(s.loweredSvc, name)
+		ch.DeletedServices = append(ch.DeletedServices, name)
+		changed = true
+	}
+	if _, ok := s.loweredWl[name]; ok {
+		delete(s.loweredWl, name)
+		ch.DeletedWorkloads = append(ch.DeletedWorkloads, name)
+		changed = true
+	}
+	return changed
+}
+
+// conflict finds a staged object that shares an address with another one.
+// Objects not in this response were consistent, so the newcomer loses; among
+// staged services, the later one (by name) loses.
+func (s *WorkloadState) conflict(staged map[string]*Address) (string, error) {
+	overlay := map[netip.Addr]string{}
+	owner := func(ip netip.Addr) string {
+		if o, ok := overlay[ip]; ok {
+			return o
+		}
+		if o, ok := s.vipOwner[ip]; ok {
+			if _, releasing := staged[o]; !releasing {
+				return o
+			}
+		}
+		return ""
+	}
+	names := make([]string, 0, len(staged))
+	for n := range staged {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		a := staged[n]
+		if a == nil || a.Service == nil {
+			continue
+		}
+		for _, ip := range a.Service.VIPs {
+			if o := owner(ip); o != "" && o != n {
+				return n, fmt.Errorf("VIP %s is already used by service %q", ip, o)
+			}
+			overlay[ip] = n
+		}
+	}
+	for _, n := range names {
+		a := staged[n]
+		if a == nil || a.Workload == nil {
+			continue
+		}
+		for _, ip := range a.Workload.Addresses {
+			if o := owner(ip); o != "" {
+				return n, fmt.Errorf("address %s is the VIP of service %q", ip, o)
+			}
+		}
+	}
+	return "", nil
 }
 
 type converted struct {
@@ -281,130 +436,43 @@ func convertAll(rs []*discovery.Resource) []converted {
 	return out
 }
 
-// cloneSized copies m into a map with room for extra more entries.
-func cloneSized[T any](m map[string]T, extra int) map[string]T {
-	out := make(map[string]T, len(m)+extra)
-	maps.Copy(out, m)
-	return out
-}
-
-// revert puts back prev's version of name in cur (or removes it).
-func revert[T any](name string, cur, prev map[string]T) {
-	if old, ok := prev[name]; ok {
-		cur[name] = old
-	} else {
-		delete(cur, name)
-	}
-}
-
-// conflict finds a touched object that shares an address with another one.
-func conflict(svcs, wls map[string]Address, touched map[string]bool) (string, error) {
-	owner := map[netip.Addr]string{}
-	// Untouched objects first: they were consistent, so the newcomer loses.
-	names := sortedNames(svcs)
-	sort.SliceStable(names, func(i, j int) bool { return !touched[names[i]] && touched[names[j]] })
-	for _, n := range names {
-		for _, ip := range svcs[n].Service.VIPs {
-			if o, ok := owner[ip]; ok {
-				return n, fmt.Errorf("VIP %s is already used by service %q", ip, o)
-			}
-			owner[ip] = n
-		}
-	}
-	// Workloads: report the smallest conflicting name (deterministic without
-	// sorting 100k names on a full push).
-	bad, badErr := "", error(nil)
-	for n, a := range wls {
-		if !touched[n] || bad != "" && n > bad {
-			continue
-		}
-		for _, ip := range a.Workload.Addresses {
-			if o, ok := owner[ip]; ok {
-				bad, badErr = n, fmt.Errorf("address %s is the VIP of service %q", ip, o)
-				break
-			}
-		}
-	}
-	return bad, badErr
-}
-
-func vipIndex(svcs map[string]Address) map[netip.Addr]string {
-	idx := map[netip.Addr]string{}
-	for n, a := range svcs {
-		for _, ip := range a.Service.VIPs {
-			idx[ip] = n
-		}
-	}
-	return idx
-}
-
-func (s *WorkloadState) resolveWaypoint(obj string, ip netip.Addr, port uint16, vips map[netip.Addr]string) *model.WaypointRef {
+func (s *WorkloadState) resolveWaypoint(obj string, ip netip.Addr, port uint16) *model.WaypointRef {
 	if !ip.IsValid() {
 		return nil
 	}
-	if key, ok := vips[ip]; ok && key != obj {
+	if key, ok := s.vipOwner[ip]; ok && key != obj {
 		return &model.WaypointRef{Service: key, Port: port}
 	}
 	return nil
 }
 
-func (s *WorkloadState) materializeService(a Address, vips map[netip.Addr]string) model.Service {
+func (s *WorkloadState) materializeService(a Address) model.Service {
 	svc := *a.Service
 	if a.WaypointIP.IsValid() {
-		svc.Waypoint = s.resolveWaypoint(svc.Key, a.WaypointIP, a.WaypointPort, vips)
+		svc.Waypoint = s.resolveWaypoint(svc.Key, a.WaypointIP, a.WaypointPort)
 	}
 	return svc
 }
 
-func (s *WorkloadState) materializeWorkload(a Address, vips map[netip.Addr]string) model.Workload {
+func (s *WorkloadState) materializeWorkload(a Address) model.Workload {
 	wl := *a.Workload
 	if a.WaypointIP.IsValid() {
-		wl.Waypoint = s.resolveWaypoint(wl.UID, a.WaypointIP, a.WaypointPort, vips)
+		wl.Waypoint = s.resolveWaypoint(wl.UID, a.WaypointIP, a.WaypointPort)
 	}
 	return wl
 }
 
-// diff lists what differs between the lowered and the new model. Only touched
-// objects and those with a waypoint can change.
-func diff(oldSvc, newSvc map[string]model.Service, oldWl, newWl map[string]model.Workload, touched map[string]bool) Change {
-	var ch Change
-	for name, s := range newSvc {
-		if o, ok := oldSvc[name]; !ok || (touched[name] || s.Waypoint != nil || o.Waypoint != nil) && !reflect.DeepEqual(o, s) {
-			ch.Services = append(ch.Services, s)
-		}
-	}
-	for name := range oldSvc {
-		if _, ok := newSvc[name]; !ok {
-			ch.DeletedServices = append(ch.DeletedServices, name)
-		}
-	}
-	for name, w := range newWl {
-		if o, ok := oldWl[name]; !ok || (touched[name] || w.Waypoint != nil || o.Waypoint != nil) && !reflect.DeepEqual(o, w) {
-			ch.Workloads = append(ch.Workloads, w)
-		}
-	}
-	for name := range oldWl {
-		if _, ok := newWl[name]; !ok {
-			ch.DeletedWorkloads = append(ch.DeletedWorkloads, name)
-		}
-	}
-	return ch
-}
-
-// learnNode gives the node the locality of its first local workload.
-func (s *WorkloadState) learnNode(wls map[string]model.Workload) model.Node {
+// learnNode gives the node the locality of its first local workload (by uid).
+func (s *WorkloadState) learnNode() model.Node {
 	n := model.Node{Name: s.opts.NodeName}
-	if n.Name == "" {
-		return n
-	}
 	best := ""
-	for uid, w := range wls {
-		if w.Locality.Node == n.Name && (best == "" || uid < best) {
+	for uid := range s.locals {
+		if best == "" || uid < best {
 			best = uid
 		}
 	}
 	if best != "" {
-		n.Locality = wls[best].Locality
+		n.Locality = s.loweredWl[best].Locality
 	}
 	return n
 }

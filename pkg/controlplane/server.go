@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"reflect"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -25,9 +26,9 @@ import (
 	"github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/keepalive"
-	"google.golang.org/protobuf/proto"
 	"istio.io/istio/pkg/workloadapi"
 
+	"github.com/kmesh-go/kmesh/pkg/compile"
 	"github.com/kmesh-go/kmesh/pkg/xds"
 )
 
@@ -70,6 +71,14 @@ type Server struct {
 	current *Resources
 	version int
 	grpc    *grpc.Server
+	// What the current resources were made from, so an edit re-translates and
+	// re-checks only the objects it changed.
+	prevSvc   map[string]ServiceConfig
+	prevWl    map[string]WorkloadConfig
+	prevNames map[string]string // service references (namespace/name → key)
+	prevNode  string
+	prevHTTP  []HTTPListenerConfig
+	models    map[string]compile.Address
 
 	// sotwSent remembers the version of every SotW response by stream and
 	// nonce, so a NACK can be pinned to the version it rejects (see onRequest).
@@ -210,29 +219,70 @@ func (s *Server) LoadFile() error {
 	return nil
 }
 
-// SetConfig translates and checks cfg (through the same compile passes as the
-// daemon) and pushes the changes to every connected client.
+// SetConfig translates and checks cfg (a config from Load: the loader's
+// cross-object checks are assumed) through the same compile passes as the
+// daemon, and pushes the changes to every connected client. Only the objects
+// the edit changed are translated and checked again, so a one-line edit of a
+// big file costs little. On error nothing is pushed.
 func (s *Server) SetConfig(cfg *Config) error {
-	res := Translate(cfg, s.opts.NodeName)
-	if err := selfCheck(s.opts.ConfigFile, cfg, res, s.opts.NodeName); err != nil {
-		return err
-	}
-	return s.push(res)
-}
-
-// push sends the differences from the current resources.
-func (s *Server) push(res *Resources) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	upd := map[string]types.Resource{}
-	var del []string
-	for name, a := range res.Addresses {
-		if old, ok := s.current.Addresses[name]; !ok || !proto.Equal(old, a) {
-			upd[name] = a
+	ix := indexServices(cfg)
+	node := effectiveNode(cfg, s.opts.NodeName)
+	// Re-translate everything when what references resolve to, or the node
+	// enrolled workloads run on, changed.
+	full := s.models == nil || node != s.prevNode
+	for name, key := range s.prevNames {
+		if k, ok := ix.byName[name]; ok && k != key {
+			full = true
 		}
 	}
+	addrs := make(map[string]*workloadapi.Address, len(cfg.Services)+len(cfg.Workloads))
+	models := make(map[string]compile.Address, len(addrs))
+	prevSvc := make(map[string]ServiceConfig, len(cfg.Services))
+	prevWl := make(map[string]WorkloadConfig, len(cfg.Workloads))
+	upd := map[string]types.Resource{}
+	var errs []error
+	check := func(name, where string, a *workloadapi.Address) {
+		m, err := convertChecked(name, a)
+		if err != nil {
+			errs = append(errs, &FieldError{File: s.opts.ConfigFile, Field: where, Msg: err.Error()})
+			return
+		}
+		addrs[name], models[name], upd[name] = a, m, a
+	}
+	for i := range cfg.Services {
+		sc := &cfg.Services[i]
+		key := ServiceKey(sc)
+		prevSvc[key] = *sc
+		if old, ok := s.prevSvc[key]; ok && !full && reflect.DeepEqual(old, *sc) {
+			addrs[key], models[key] = s.current.Addresses[key], s.models[key]
+			continue
+		}
+		check(key, fmt.Sprintf("services[%d]", i), translateService(sc, ix))
+	}
+	for i := range cfg.Workloads {
+		wc := &cfg.Workloads[i]
+		uid := WorkloadUID(wc)
+		prevWl[uid] = *wc
+		if old, ok := s.prevWl[uid]; ok && !full && reflect.DeepEqual(old, *wc) {
+			addrs[uid], models[uid] = s.current.Addresses[uid], s.models[uid]
+			continue
+		}
+		check(uid, fmt.Sprintf("workloads[%d]", i), translateWorkload(wc, ix, node))
+	}
+	if len(errs) == 0 {
+		if err := crossCheck(models, upd); err != nil {
+			errs = append(errs, &FieldError{File: s.opts.ConfigFile, Msg: err.Error()})
+		}
+	}
+	if len(errs) > 0 {
+		return errors.Join(errs...)
+	}
+
+	var del []string
 	for name := range s.current.Addresses {
-		if _, ok := res.Addresses[name]; !ok {
+		if _, ok := addrs[name]; !ok {
 			del = append(del, name)
 		}
 	}
@@ -241,12 +291,25 @@ func (s *Server) push(res *Resources) error {
 			return fmt.Errorf("updating the address cache: %w", err)
 		}
 	}
-	if !envoyEqual(s.current.Envoy, res.Envoy) {
-		if err := s.pushEnvoy(res.Envoy); err != nil {
+	s.current = &Resources{Addresses: addrs, Envoy: s.current.Envoy}
+	s.prevSvc, s.prevWl, s.prevNames, s.prevNode, s.models = prevSvc, prevWl, ix.byName, node, models
+
+	// The kernel-native view (clusters, endpoints, listeners, routes) is derived
+	// from the whole config and rebuilt after the Workload API push, so
+	// dual-engine clients do not wait for it. The loader has checked the http
+	// section; if the compile passes still reject the result, kernel-native
+	// clients keep the previous Envoy config.
+	if len(upd) > 0 || len(del) > 0 || full || !reflect.DeepEqual(s.prevHTTP, cfg.HTTP) {
+		envoy := translateEnvoy(cfg, ix)
+		if err := checkEnvoy(envoy); err != nil {
+			return &FieldError{File: s.opts.ConfigFile, Field: "http",
+				Msg: "the Workload API part was applied, the kernel-native part rejected: " + err.Error()}
+		}
+		if err := s.pushEnvoy(envoy); err != nil {
 			return err
 		}
+		s.current.Envoy, s.prevHTTP = envoy, cfg.HTTP
 	}
-	s.current = res
 	s.Stats.Pushes.Add(1)
 	s.log.Info("config pushed", "addresses_changed", len(upd), "addresses_removed", len(del))
 	return nil
@@ -264,19 +327,6 @@ func (s *Server) pushEnvoy(res map[string][]types.Resource) error {
 	return s.envoyCache.SetSnapshot(context.Background(), envoyNode, snap)
 }
 
-func envoyEqual(a, b map[string][]types.Resource) bool {
-	for _, t := range xds.EnvoyTypes {
-		if len(a[t]) != len(b[t]) {
-			return false
-		}
-		for i := range a[t] {
-			if !proto.Equal(a[t][i], b[t][i]) {
-				return false
-			}
-		}
-	}
-	return true
-}
 
 // Resources returns what is being served.
 func (s *Server) Resources() *Resources {

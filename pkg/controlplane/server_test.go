@@ -399,9 +399,6 @@ func TestEnvoySotWNACKKeepsLastGood(t *testing.T) {
 		t.Fatal("the last good L7 model must stay")
 	}
 	// The next good config applies.
-	srv.mu.Lock()
-	srv.current = &Resources{Addresses: res.Addresses, Envoy: map[string][]types.Resource{}}
-	srv.mu.Unlock()
 	if err := srv.SetConfig(mustLoad(t, strings.Replace(httpCfg, "prefix: /v2", "prefix: /v3", 1))); err != nil {
 		t.Fatal(err)
 	}

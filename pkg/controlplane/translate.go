@@ -37,83 +37,95 @@ type Resources struct {
 // enrolled workloads run on (the daemon's), unless a workload names another.
 func Translate(c *Config, nodeName string) *Resources {
 	ix := indexServices(c)
+	nodeName = effectiveNode(c, nodeName)
 	r := &Resources{Addresses: map[string]*workloadapi.Address{}, Envoy: map[string][]types.Resource{}}
-	if c.Node != nil && c.Node.Name != "" {
-		nodeName = c.Node.Name
-	}
 	for i := range c.Services {
-		s := &c.Services[i]
-		key := ServiceKey(s)
-		ws := &workloadapi.Service{Name: s.Name, Namespace: namespace(s.Namespace), Hostname: hostOf(key)}
-		for _, v := range s.VIPs {
-			ip := netip.MustParseAddr(v).Unmap()
-			ws.Addresses = append(ws.Addresses, &workloadapi.NetworkAddress{Address: ip.AsSlice()})
-		}
-		for _, p := range s.Ports {
-			ws.Ports = append(ws.Ports, &workloadapi.Port{ServicePort: uint32(p.Port), TargetPort: uint32(targetPort(p))})
-		}
-		if lb := s.LB; lb != nil {
-			if lb.Locality != "" {
-				ws.LoadBalancing = &workloadapi.LoadBalancing{Mode: map[string]workloadapi.LoadBalancing_Mode{
-					"strict": workloadapi.LoadBalancing_STRICT, "failover": workloadapi.LoadBalancing_FAILOVER}[lb.Locality]}
-				for _, p := range lb.RoutingPreference {
-					ws.LoadBalancing.RoutingPreference = append(ws.LoadBalancing.RoutingPreference, scopeOf[p])
-				}
-			}
-			if lb.Algorithm != "" {
-				ws.Extensions = append(ws.Extensions, compile.LBAlgorithmExtension(model.LBAlgorithm(lb.Algorithm)))
-			}
-		}
-		if wp := s.Waypoint; wp != nil {
-			wkey, _, _ := ix.resolve(wp.Service, namespace(s.Namespace))
-			port := wp.Port
-			if port == 0 {
-				port = 15008
-			}
-			ws.Waypoint = &workloadapi.GatewayAddress{
-				Destination:   &workloadapi.GatewayAddress_Hostname{Hostname: &workloadapi.NamespacedHostname{Namespace: nsOf(wkey), Hostname: hostOf(wkey)}},
-				HboneMtlsPort: uint32(port),
-			}
-		}
-		r.Addresses[key] = &workloadapi.Address{Type: &workloadapi.Address_Service{Service: ws}}
+		r.Addresses[ServiceKey(&c.Services[i])] = translateService(&c.Services[i], ix)
 	}
 	for i := range c.Workloads {
-		w := &c.Workloads[i]
-		uid := WorkloadUID(w)
-		ww := &workloadapi.Workload{Uid: uid, Name: w.Name, Namespace: namespace(w.Namespace), Node: w.Node}
-		if ww.Node == "" && w.Enrolment != nil {
-			ww.Node = nodeName
-		}
-		for _, a := range w.Addresses {
-			ww.Addresses = append(ww.Addresses, netip.MustParseAddr(a).Unmap().AsSlice())
-		}
-		if l := w.Locality; l != nil {
-			ww.Locality = &workloadapi.Locality{Region: l.Region, Zone: l.Zone, Subzone: l.Subzone}
-		}
-		if w.Weight != nil {
-			ww.Capacity = wrapperspb.UInt32(uint32(*w.Weight))
-		}
-		if w.Healthy != nil && !*w.Healthy {
-			ww.Status = workloadapi.WorkloadStatus_UNHEALTHY
-		}
-		if len(w.Services) > 0 {
-			ww.Services = map[string]*workloadapi.PortList{}
-		}
-		for _, b := range w.Services {
-			key, _, _ := ix.resolve(b.Service, namespace(w.Namespace))
-			pl := &workloadapi.PortList{}
-			for _, p := range b.Ports {
-				pl.Ports = append(pl.Ports, &workloadapi.Port{ServicePort: uint32(p.Port), TargetPort: uint32(p.TargetPort)})
-			}
-			ww.Services[key] = pl
-		}
-		if e := w.Enrolment; e != nil {
-			ww.Extensions = append(ww.Extensions, compile.EnrolmentExtension(model.Enrolment{CgroupPath: e.Cgroup, NetnsPath: e.Netns}))
-		}
-		r.Addresses[uid] = &workloadapi.Address{Type: &workloadapi.Address_Workload{Workload: ww}}
+		r.Addresses[WorkloadUID(&c.Workloads[i])] = translateWorkload(&c.Workloads[i], ix, nodeName)
 	}
 	r.Envoy = translateEnvoy(c, ix)
 	return r
+}
+
+// effectiveNode is the node enrolled workloads run on.
+func effectiveNode(c *Config, nodeName string) string {
+	if c.Node != nil && c.Node.Name != "" {
+		return c.Node.Name
+	}
+	return nodeName
+}
+
+func translateService(s *ServiceConfig, ix *services) *workloadapi.Address {
+	key := ServiceKey(s)
+	ws := &workloadapi.Service{Name: s.Name, Namespace: namespace(s.Namespace), Hostname: hostOf(key)}
+	for _, v := range s.VIPs {
+		ip := netip.MustParseAddr(v).Unmap()
+		ws.Addresses = append(ws.Addresses, &workloadapi.NetworkAddress{Address: ip.AsSlice()})
+	}
+	for _, p := range s.Ports {
+		ws.Ports = append(ws.Ports, &workloadapi.Port{ServicePort: uint32(p.Port), TargetPort: uint32(targetPort(p))})
+	}
+	if lb := s.LB; lb != nil {
+		if lb.Locality != "" {
+			ws.LoadBalancing = &workloadapi.LoadBalancing{Mode: map[string]workloadapi.LoadBalancing_Mode{
+				"strict": workloadapi.LoadBalancing_STRICT, "failover": workloadapi.LoadBalancing_FAILOVER}[lb.Locality]}
+			for _, p := range lb.RoutingPreference {
+				ws.LoadBalancing.RoutingPreference = append(ws.LoadBalancing.RoutingPreference, scopeOf[p])
+			}
+		}
+		if lb.Algorithm != "" {
+			ws.Extensions = append(ws.Extensions, compile.LBAlgorithmExtension(model.LBAlgorithm(lb.Algorithm)))
+		}
+	}
+	if wp := s.Waypoint; wp != nil {
+		wkey, _, _ := ix.resolve(wp.Service, namespace(s.Namespace))
+		port := wp.Port
+		if port == 0 {
+			port = 15008
+		}
+		ws.Waypoint = &workloadapi.GatewayAddress{
+			Destination:   &workloadapi.GatewayAddress_Hostname{Hostname: &workloadapi.NamespacedHostname{Namespace: nsOf(wkey), Hostname: hostOf(wkey)}},
+			HboneMtlsPort: uint32(port),
+		}
+	}
+	return &workloadapi.Address{Type: &workloadapi.Address_Service{Service: ws}}
+}
+
+func translateWorkload(w *WorkloadConfig, ix *services, nodeName string) *workloadapi.Address {
+	uid := WorkloadUID(w)
+	ww := &workloadapi.Workload{Uid: uid, Name: w.Name, Namespace: namespace(w.Namespace), Node: w.Node}
+	if ww.Node == "" && w.Enrolment != nil {
+		ww.Node = nodeName
+	}
+	for _, a := range w.Addresses {
+		ww.Addresses = append(ww.Addresses, netip.MustParseAddr(a).Unmap().AsSlice())
+	}
+	if l := w.Locality; l != nil {
+		ww.Locality = &workloadapi.Locality{Region: l.Region, Zone: l.Zone, Subzone: l.Subzone}
+	}
+	if w.Weight != nil {
+		ww.Capacity = wrapperspb.UInt32(uint32(*w.Weight))
+	}
+	if w.Healthy != nil && !*w.Healthy {
+		ww.Status = workloadapi.WorkloadStatus_UNHEALTHY
+	}
+	if len(w.Services) > 0 {
+		ww.Services = map[string]*workloadapi.PortList{}
+	}
+	for _, b := range w.Services {
+		key, _, _ := ix.resolve(b.Service, namespace(w.Namespace))
+		pl := &workloadapi.PortList{}
+		for _, p := range b.Ports {
+			pl.Ports = append(pl.Ports, &workloadapi.Port{ServicePort: uint32(p.Port), TargetPort: uint32(p.TargetPort)})
+		}
+		ww.Services[key] = pl
+	}
+	if e := w.Enrolment; e != nil {
+		ww.Extensions = append(ww.Extensions, compile.EnrolmentExtension(model.Enrolment{CgroupPath: e.Cgroup, NetnsPath: e.Netns}))
+	}
+	return &workloadapi.Address{Type: &workloadapi.Address_Workload{Workload: ww}}
 }
 
 var scopeOf = map[string]workloadapi.LoadBalancing_Scope{
