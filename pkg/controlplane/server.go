@@ -223,7 +223,9 @@ func (s *Server) LoadFile() error {
 // cross-object checks are assumed) through the same compile passes as the
 // daemon, and pushes the changes to every connected client. Only the objects
 // the edit changed are translated and checked again, so a one-line edit of a
-// big file costs little. On error nothing is pushed.
+// big file costs little. On error nothing is pushed. SetConfig keeps cfg to
+// compare the next one with: the caller must not modify it afterwards (Load
+// returns a fresh Config each time).
 func (s *Server) SetConfig(cfg *Config) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
