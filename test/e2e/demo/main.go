@@ -222,6 +222,7 @@ func run(mode, kmeshd, config string, n int) error {
 		return err
 	}
 	waitLog(logPath, "config reloaded", 5*time.Second)
+	time.Sleep(300 * time.Millisecond) // the push reaches the daemon's maps within milliseconds; leave margin
 	step("phase 2: %d requests (expect about 25%% echo-v1, 75%% echo-v2)", n)
 	if err := phase(ctx, cg, n); err != nil {
 		return err
