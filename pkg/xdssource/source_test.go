@@ -54,3 +54,55 @@ func TestEmbeddedDefault(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// Kernel-native mode: the same embedded server over SotW, into the L7 model.
+func TestEmbeddedKernelNative(t *testing.T) {
+	f := filepath.Join(t.TempDir(), "mesh.yaml")
+	os.WriteFile(f, []byte(`
+services:
+  - name: echo
+    vips: [10.96.0.10]
+    ports: [{port: 80, targetPort: 8080}]
+workloads:
+  - name: e1
+    addresses: [10.0.0.1]
+    services: [{service: echo}]
+http:
+  - name: echo-http
+    address: 10.96.0.20
+    port: 80
+    virtualHosts:
+      - name: echo
+        domains: ["*"]
+        routes:
+          - match: {prefix: /}
+            to: [{service: echo}]
+`), 0o644)
+	id := xds.NodeIdentity{IP: "127.0.0.1", PodName: "kmeshd", Namespace: "kmesh-system", NodeName: "host1"}
+	s, err := New(Options{Mode: ModeKernelNative, ConfigFile: f, Listen: "127.0.0.1:0", Identity: &id, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx, compiletest.NewRecorder()) }()
+	<-s.Ready()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		snap, _ := s.Envoy.Snapshot()
+		if len(snap.Listeners) == 2 && len(snap.RouteConfigs) == 1 && len(snap.Clusters) == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("L7 model not built: %+v", snap)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if s.Client.Stats.ACKs.Load() < 4 || s.Client.Stats.NACKs.Load() != 0 {
+		t.Fatalf("ACKs %d, NACKs %d", s.Client.Stats.ACKs.Load(), s.Client.Stats.NACKs.Load())
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
