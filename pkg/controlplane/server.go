@@ -329,7 +329,6 @@ func (s *Server) pushEnvoy(res map[string][]types.Resource) error {
 	return s.envoyCache.SetSnapshot(context.Background(), envoyNode, snap)
 }
 
-
 // Resources returns what is being served.
 func (s *Server) Resources() *Resources {
 	s.mu.Lock()
