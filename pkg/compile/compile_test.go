@@ -2,6 +2,7 @@ package compile
 
 import (
 	"context"
+	"errors"
 	"net/netip"
 	"strings"
 	"testing"
@@ -246,17 +247,34 @@ func TestWorkloadStateWaypointByAddress(t *testing.T) {
 	}
 }
 
-func TestWorkloadStateApplyFailureRejectsAll(t *testing.T) {
+// A full Apply that the dataplane refuses because of one object rejects that
+// object and applies the rest; an error naming no object rejects the response.
+func TestWorkloadStateApplyFailure(t *testing.T) {
 	rec := compiletest.NewRecorder()
 	rec.FailUpsert["ns/a.ns"] = true
 	s := NewWorkloadState(rec, WorkloadOptions{})
-	_, err := s.HandleDelta(context.Background(), &xds.DeltaUpdate{TypeURL: xds.AddressType, Resync: true,
-		Resources: []*discovery.Resource{res(t, "ns/a.ns", svcAddr("ns", "a.ns", []string{"10.96.0.1"}, 80))}})
-	if err == nil || !strings.Contains(err.Error(), "km_service is full") {
-		t.Fatalf("err %v", err)
+	rej, err := s.HandleDelta(context.Background(), &xds.DeltaUpdate{TypeURL: xds.AddressType, Resync: true,
+		Resources: []*discovery.Resource{
+			res(t, "ns/a.ns", svcAddr("ns", "a.ns", []string{"10.96.0.1"}, 80)),
+			res(t, "ns/b.ns", svcAddr("ns", "b.ns", []string{"10.96.0.2"}, 80)),
+		}})
+	if err != nil || rej["ns/a.ns"] == nil || !strings.Contains(rej["ns/a.ns"].Error(), "km_service is full") {
+		t.Fatalf("rejected %v, err %v", rej, err)
 	}
-	if len(s.Snapshot().Services) != 0 {
-		t.Fatal("a failed Apply must leave the model unchanged")
+	if _, ok := rec.Services["ns/b.ns"]; !ok || len(rec.Services) != 1 {
+		t.Fatalf("dataplane %v: want only ns/b.ns", rec.Services)
+	}
+	if snap := s.Snapshot(); len(snap.Services) != 1 || snap.Services[0].Key != "ns/b.ns" {
+		t.Fatalf("model %+v must match the dataplane", snap.Services)
+	}
+
+	rec2 := compiletest.NewRecorder()
+	rec2.FailApply = errors.New("map update failed")
+	s2 := NewWorkloadState(rec2, WorkloadOptions{})
+	_, err = s2.HandleDelta(context.Background(), &xds.DeltaUpdate{TypeURL: xds.AddressType, Resync: true,
+		Resources: []*discovery.Resource{res(t, "ns/a.ns", svcAddr("ns", "a.ns", []string{"10.96.0.1"}, 80))}})
+	if err == nil || len(s2.Snapshot().Services) != 0 {
+		t.Fatalf("err %v, model %+v: an unattributed failure must reject the response and change nothing", err, s2.Snapshot().Services)
 	}
 }
 

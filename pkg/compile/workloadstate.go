@@ -10,6 +10,8 @@ import (
 	"runtime"
 	"runtime/debug"
 	"sort"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -200,15 +202,40 @@ func (s *WorkloadState) addresses(ctx context.Context, u *xds.DeltaUpdate) (map[
 
 	node := s.learnNode()
 	if u.Resync || ch.Size() > s.opts.FullApplyThreshold {
-		snap := buildSnapshot(node, s.loweredSvc, s.loweredWl)
-		if err := s.api.Apply(ctx, snap); err != nil {
-			for name, old := range undo {
-				s.restore(name, old)
+		// One object the dataplane refuses must not block the whole mesh: when
+		// the error names an object, that object is rejected (its previous
+		// version, or nothing, stays) and the rest is applied again.
+		blamed := map[string]int{}
+		for {
+			snap := buildSnapshot(node, s.loweredSvc, s.loweredWl)
+			err := s.api.Apply(ctx, snap)
+			if err == nil {
+				s.node, s.nodeSet = node, true
+				return rejected, len(snap.Services) + len(snap.Workloads), nil
 			}
-			return nil, 0, fmt.Errorf("applying %d services and %d workloads: %w", len(snap.Services), len(snap.Workloads), err)
+			name := s.culprit(err, staged)
+			if name == "" || len(blamed) >= maxBlamed {
+				for name, old := range undo {
+					s.restore(name, old)
+				}
+				return nil, 0, fmt.Errorf("applying %d services and %d workloads: %w", len(snap.Services), len(snap.Workloads), err)
+			}
+			rejected[name] = err
+			blamed[name]++
+			old, ok := undo[name]
+			if !ok {
+				old = s.save(name)
+				undo[name] = old
+			}
+			if blamed[name] == 1 {
+				s.restore(name, old) // back to the version that was applied before
+			} else {
+				s.put(name, nil) // that one fails too: leave the object out
+				delete(s.loweredSvc, name)
+				delete(s.loweredWl, name)
+			}
+			node = s.learnNode()
 		}
-		s.node, s.nodeSet = node, true
-		return rejected, len(snap.Services) + len(snap.Workloads), nil
 	}
 	if !s.nodeSet || !reflect.DeepEqual(node, s.node) {
 		if err := s.api.SetNode(ctx, node); err != nil {
@@ -225,6 +252,33 @@ func (s *WorkloadState) addresses(ctx context.Context, u *xds.DeltaUpdate) (map[
 		s.restore(name, undo[name])
 	}
 	return rejected, ch.Size(), nil
+}
+
+// maxBlamed bounds the objects a full Apply may leave out before the whole
+// response is rejected.
+const maxBlamed = 64
+
+// culprit finds the object a dataplane error is about: its quoted name
+// appears in the error (CapacityError.What, InvalidError.Object). Objects of
+// this response are tried first.
+func (s *WorkloadState) culprit(err error, staged map[string]*Address) string {
+	msg := err.Error()
+	for name := range staged {
+		if strings.Contains(msg, strconv.Quote(name)) {
+			return name
+		}
+	}
+	for name := range s.loweredSvc {
+		if strings.Contains(msg, strconv.Quote(name)) {
+			return name
+		}
+	}
+	for name := range s.loweredWl {
+		if strings.Contains(msg, strconv.Quote(name)) {
+			return name
+		}
+	}
+	return ""
 }
 
 // has reports whether name is a known service or workload.

@@ -24,6 +24,8 @@ type Recorder struct {
 	// FailUpsert makes UpsertService/UpsertWorkload of these keys fail with
 	// a CapacityError, as a full map would.
 	FailUpsert map[string]bool
+	// FailApply, if set, is returned by Apply (an error naming no object).
+	FailApply error
 	// Changed receives (non-blocking) after every successful call.
 	Changed chan struct{}
 }
@@ -45,9 +47,17 @@ func (r *Recorder) Apply(_ context.Context, s *model.Snapshot) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.Calls["Apply"]++
+	if r.FailApply != nil {
+		return r.FailApply
+	}
 	for _, svc := range s.Services {
 		if r.FailUpsert[svc.Key] {
 			return &dataplane.CapacityError{Map: "km_service", Limit: len(r.Services), What: fmt.Sprintf("service %q", svc.Key)}
+		}
+	}
+	for _, w := range s.Workloads {
+		if r.FailUpsert[w.UID] {
+			return &dataplane.CapacityError{Map: "km_backend", Limit: len(r.Workloads), What: fmt.Sprintf("workload %q", w.UID)}
 		}
 	}
 	r.Services, r.Workloads = map[string]model.Service{}, map[string]model.Workload{}
