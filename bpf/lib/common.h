@@ -21,6 +21,11 @@
 #define AF_INET6 10
 #endif
 
+/* errno values (not in BTF). */
+#ifndef ECONNREFUSED
+#define ECONNREFUSED 111
+#endif
+
 #ifndef __always_inline
 #define __always_inline inline __attribute__((always_inline))
 #endif

@@ -1,20 +1,123 @@
 // Command kmeshd is the kmesh-go node daemon: it takes mesh configuration from a
 // control plane and programs the kernel (eBPF, and kmesh.ko in kernel-native
-// mode). This file only wires flags to packages; the logic lives in pkg/.
+// mode). This file only turns flags into daemon.Options; the logic lives in pkg/.
+//
+//	kmeshd [flags]            run (SIGTERM/SIGINT stop it; the dataplane keeps serving)
+//	kmeshd uninstall [flags]  detach and remove every program, link, pin and map, and the state files
+//	kmeshd version
 package main
 
 import (
+	"context"
+	"errors"
+	"flag"
 	"fmt"
+	"log/slog"
 	"os"
+	"os/signal"
+	"syscall"
 
+	"github.com/kmesh-go/kmesh/pkg/daemon"
+	"github.com/kmesh-go/kmesh/pkg/dataplane"
+	"github.com/kmesh-go/kmesh/pkg/probe"
 	"github.com/kmesh-go/kmesh/pkg/version"
 )
 
-func main() {
-	if len(os.Args) > 1 && os.Args[1] == "version" {
-		fmt.Println("kmeshd", version.Get())
-		return
+type flags struct {
+	opts      daemon.Options
+	logLevel  string
+	logFormat string
+	modelFile string
+}
+
+func parseFlags(args []string) (*flags, error) {
+	f := &flags{}
+	fs := flag.NewFlagSet("kmeshd", flag.ContinueOnError)
+	fs.StringVar(&f.opts.Mode, "mode", daemon.ModeDualEngine, "dual-engine (eBPF L4 + waypoint L7) or kernel-native (needs kmesh.ko)")
+	fs.StringVar(&f.opts.BPFFS, "bpffs", probe.DefaultBPFFS, "bpffs mount (mounted if needed)")
+	fs.StringVar(&f.opts.PinDir, "pin-dir", "kmesh", "pin directory, relative to --bpffs or absolute")
+	fs.StringVar(&f.opts.Cgroup2, "cgroup2", "", "cgroup v2 mount (default: autodetect)")
+	fs.StringVar(&f.opts.Cgroup, "cgroup", "", "cgroup the programs attach to, relative to the cgroup2 mount (default: its root)")
+	fs.StringVar(&f.opts.StateDir, "state-dir", dataplane.DefaultStateDir, "directory for ids and the applied model")
+	fs.BoolVar(&f.opts.Accel, "accel", false, "same-node acceleration: sk_msg redirect between enrolled local sockets "+
+		"(breaks applications that relay with splice(2), e.g. Go io.Copy between TCP conns)")
+	fs.DurationVar(&f.opts.ReportInterval, "report-interval", 0, "periodic connection records for long-lived connections (0 = off)")
+	fs.BoolVar(&f.opts.BPFStats, "bpf-stats", false, "keep BPF run-time accounting on (per-program cost for metrics)")
+	fs.StringVar(&f.modelFile, "model-file", "", "debugging/test source: apply a model.Snapshot from this JSON/YAML file, re-applied on change")
+	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&f.logFormat, "log-format", "text", "text or json")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
 	}
-	fmt.Fprintln(os.Stderr, "kmeshd: the dataplane is not wired yet (issue #3); available: kmeshd version")
-	os.Exit(2)
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected arguments: %v", fs.Args())
+	}
+	return f, nil
+}
+
+func (f *flags) logger() (*slog.Logger, error) {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(f.logLevel)); err != nil {
+		return nil, fmt.Errorf("--log-level: %w", err)
+	}
+	ho := &slog.HandlerOptions{Level: level}
+	switch f.logFormat {
+	case "text":
+		return slog.New(slog.NewTextHandler(os.Stderr, ho)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(os.Stderr, ho)), nil
+	}
+	return nil, fmt.Errorf("--log-format: %q (text or json)", f.logFormat)
+}
+
+// source picks the configuration source. The xDS client and the embedded
+// control plane (issue #4) plug in here as the default.
+func (f *flags) source(log *slog.Logger) (daemon.Source, error) {
+	if f.modelFile != "" {
+		return daemon.ModelFile{Path: f.modelFile, Logger: log}, nil
+	}
+	return nil, errors.New("no configuration source: pass --model-file (the xDS client and the embedded control plane are the default once issue #4 lands)")
+}
+
+func run(args []string) error {
+	cmd := "run"
+	if len(args) > 0 && (args[0] == "uninstall" || args[0] == "version") {
+		cmd, args = args[0], args[1:]
+	}
+	if cmd == "version" {
+		fmt.Println("kmeshd", version.Get())
+		return nil
+	}
+	f, err := parseFlags(args)
+	if err != nil {
+		return err
+	}
+	log, err := f.logger()
+	if err != nil {
+		return err
+	}
+	slog.SetDefault(log)
+	f.opts.Logger = log
+	if cmd == "uninstall" {
+		if err := daemon.Uninstall(f.opts); err != nil {
+			return err
+		}
+		log.Info("kmesh dataplane uninstalled")
+		return nil
+	}
+	if f.opts.Source, err = f.source(log); err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	return daemon.Run(ctx, f.opts)
+}
+
+func main() {
+	if err := run(os.Args[1:]); err != nil {
+		if !errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintln(os.Stderr, "kmeshd:", err)
+		}
+		os.Exit(1)
+	}
 }

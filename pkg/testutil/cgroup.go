@@ -92,3 +92,26 @@ func readPids(path string) ([]int, error) {
 	}
 	return pids, nil
 }
+
+// Child creates a sub-cgroup of c named name (plus a random suffix); it is
+// removed on cleanup, before c. Tests use it for a cgroup tree under one
+// attach point (e.g. enrolled and unenrolled siblings).
+func (c *Cgroup) Child(tb testing.TB, name string) *Cgroup {
+	tb.Helper()
+	dir := filepath.Join(c.Path, UniqueName(name))
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		tb.Fatalf("creating child cgroup: %v", err)
+	}
+	fd, err := unix.Open(dir, unix.O_DIRECTORY|unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		os.Remove(dir)
+		tb.Fatalf("opening child cgroup: %v", err)
+	}
+	tb.Cleanup(func() {
+		unix.Close(fd)
+		if err := removeCgroup(dir); err != nil {
+			tb.Errorf("removing child cgroup %s: %v", dir, err)
+		}
+	})
+	return &Cgroup{Path: dir, fd: fd}
+}

@@ -1,0 +1,50 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Enrolment: is the calling process meshed? Programs are attached once (to
+ * the cgroup2 root by default); which processes they act on is decided here,
+ * by map lookups: the socket's network namespace cookie, or the cgroup of the
+ * calling process or any of its ancestors. Only process-context hooks
+ * (connect, sock_create) may call km_enrolled_current. */
+#ifndef KMESH_BPF_ENROL_H
+#define KMESH_BPF_ENROL_H
+
+#include "maps.h"
+
+#define KM_MAX_CGROUP_LEVELS 32
+
+/* Fills *wl and returns 1 when the current process is enrolled. */
+static __always_inline int km_enrolled_current(void *ctx, __u32 *wl)
+{
+	struct km_cfg *cfg;
+	struct km_enrol *e;
+	__u64 cookie, levels, id;
+	int l;
+
+	cookie = bpf_get_netns_cookie(ctx);
+	e = bpf_map_lookup_elem(&km_enrol_ns, &cookie);
+	if (e) {
+		*wl = e->workload_id;
+		return 1;
+	}
+	cfg = km_cfg();
+	if (!cfg)
+		return 0;
+	levels = cfg->cgroup_levels;
+	/* Only levels that hold an enrolled cgroup are looked up, usually one. */
+	for (l = 0; l < KM_MAX_CGROUP_LEVELS; l++) {
+		if (!(levels >> l))
+			break;
+		if (!((levels >> l) & 1))
+			continue;
+		id = bpf_get_current_ancestor_cgroup_id(l);
+		if (!id)
+			break; /* deeper than the process's cgroup */
+		e = bpf_map_lookup_elem(&km_enrol_cg, &id);
+		if (e) {
+			*wl = e->workload_id;
+			return 1;
+		}
+	}
+	return 0;
+}
+
+#endif

@@ -1,0 +1,168 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/* sockops: connection tracking for enrolled sockets. At establishment it
+ * emits an OPEN record and asks for state callbacks; at close a CLOSE record
+ * (bytes each way, retransmits, srtt, duration); with a report interval set,
+ * PERIODIC records for long-lived connections from the RTT callback. When
+ * same-node acceleration is on, both ends of a connection between enrolled
+ * local sockets go into km_sockhash, where sk_msg redirects between them. */
+#include "common.h"
+#include "maps.h"
+#include "addr.h"
+#include "sock.h"
+#include "sockkey.h"
+
+/* A real subprogram (not inlined): besides keeping the callers small, its
+ * signature puts struct km_conn_event into BTF for bpf2go's Go type. */
+static __noinline void km_fill_event(struct km_conn_event *ev, struct bpf_sock_ops *skops,
+				     struct km_sock_state *st)
+{
+	ev->start_ns = st->start_ns;
+	ev->sock_cookie = bpf_get_socket_cookie(skops);
+	ev->netns_cookie = bpf_get_netns_cookie(skops);
+	ev->cgroup_id = st->cgroup_id;
+	ev->bytes_sent = skops->bytes_acked;
+	ev->bytes_received = skops->bytes_received;
+	ev->total_retrans = skops->total_retrans;
+	ev->srtt_us = skops->srtt_us >> 3; /* the kernel keeps srtt << 3 */
+	ev->svc_id = st->svc_id;
+	ev->src_workload = st->src_workload;
+	ev->dst_workload = st->dst_workload;
+	if (skops->family == AF_INET) {
+		km_addr_from_v4(ev->local_addr, skops->local_ip4);
+		km_addr_from_v4(ev->remote_addr, skops->remote_ip4);
+	} else {
+		ev->local_addr[0] = skops->local_ip6[0];
+		ev->local_addr[1] = skops->local_ip6[1];
+		ev->local_addr[2] = skops->local_ip6[2];
+		ev->local_addr[3] = skops->local_ip6[3];
+		ev->remote_addr[0] = skops->remote_ip6[0];
+		ev->remote_addr[1] = skops->remote_ip6[1];
+		ev->remote_addr[2] = skops->remote_ip6[2];
+		ev->remote_addr[3] = skops->remote_ip6[3];
+	}
+	ev->local_port = skops->local_port;
+	ev->remote_port = bpf_ntohl(skops->remote_port);
+	if (st->flags & KM_SK_REWRITTEN) {
+		km_addr_copy(ev->orig_addr, st->orig_addr);
+		ev->orig_port = bpf_ntohs(st->orig_port);
+	}
+	ev->direction = st->direction;
+	ev->family = skops->family;
+	ev->flags = st->flags;
+}
+
+static __always_inline void km_emit(struct bpf_sock_ops *skops, struct km_sock_state *st, __u8 type, __u64 now)
+{
+	struct km_conn_event *ev;
+
+	ev = bpf_ringbuf_reserve(&km_events, sizeof(*ev), 0);
+	if (!ev) {
+		km_stat_inc(KM_STAT_EVENTS_DROPPED);
+		return;
+	}
+	__builtin_memset(ev, 0, sizeof(*ev));
+	km_fill_event(ev, skops, st);
+	ev->ts_ns = now;
+	ev->type = type;
+	bpf_ringbuf_submit(ev, 0);
+}
+
+static __always_inline void km_accel_insert(struct bpf_sock_ops *skops, struct km_sock_state *st)
+{
+	struct km_sock_key key = {};
+
+	KM_SOCK_KEY(skops, &key, 0);
+	if (bpf_sock_hash_update(skops, &km_sockhash, &key, BPF_ANY) == 0) {
+		st->flags |= KM_SK_ACCEL;
+		km_stat_inc(KM_STAT_ACCEL_INSERT);
+	}
+}
+
+static __always_inline void km_established(struct bpf_sock_ops *skops, struct km_sock_state *st,
+					   struct km_cfg *cfg, int accel, __u64 now)
+{
+	__u32 cb = BPF_SOCK_OPS_STATE_CB_FLAG;
+
+	if (cfg && cfg->report_interval_ns)
+		cb |= BPF_SOCK_OPS_RTT_CB_FLAG;
+	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | cb);
+	st->flags |= KM_SK_TRACKED;
+	st->last_report_ns = now;
+	if (accel && cfg && (cfg->flags & KM_CFG_ACCEL))
+		km_accel_insert(skops, st);
+	km_emit(skops, st, KM_EV_OPEN, now);
+}
+
+SEC("sockops")
+int km_sockops(struct bpf_sock_ops *skops)
+{
+	struct bpf_sock *sk = skops->sk;
+	struct km_cfg *cfg = km_cfg();
+	struct km_sock_state *st;
+	struct km_enrol *e;
+	__u64 now, cookie;
+
+	if (!sk)
+		return 1;
+
+	switch (skops->op) {
+	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
+		st = bpf_sk_storage_get(&km_sock, sk, 0, 0);
+		if (!st || !(st->flags & KM_SK_ENROLLED))
+			return 1;
+		now = bpf_ktime_get_ns();
+		st->direction = KM_DIR_OUTBOUND;
+		if (!st->start_ns)
+			st->start_ns = now;
+		km_established(skops, st, cfg, st->flags & KM_SK_LOCAL_DST, now);
+		break;
+
+	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
+		/* Storage, if any, was cloned from an enrolled listener. */
+		st = bpf_sk_storage_get(&km_sock, sk, 0, 0);
+		if (!st || !(st->flags & KM_SK_ENROLLED)) {
+			cookie = bpf_get_netns_cookie(skops);
+			e = bpf_map_lookup_elem(&km_enrol_ns, &cookie);
+			if (!e)
+				return 1;
+			st = bpf_sk_storage_get(&km_sock, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+			if (!st)
+				return 1;
+			st->src_workload = e->workload_id;
+		}
+		now = bpf_ktime_get_ns();
+		st->flags = KM_SK_ENROLLED;
+		st->direction = KM_DIR_INBOUND;
+		st->svc_id = 0;
+		st->dst_workload = 0;
+		st->start_ns = now;
+		km_established(skops, st, cfg, 1, now);
+		break;
+
+	case BPF_SOCK_OPS_STATE_CB:
+		if (skops->args[1] != BPF_TCP_CLOSE)
+			return 1;
+		st = bpf_sk_storage_get(&km_sock, sk, 0, 0);
+		if (!st || !(st->flags & KM_SK_TRACKED))
+			return 1;
+		st->flags &= ~KM_SK_TRACKED; /* exactly one CLOSE per connection */
+		km_emit(skops, st, KM_EV_CLOSE, bpf_ktime_get_ns());
+		break;
+
+	case BPF_SOCK_OPS_RTT_CB:
+		if (!cfg || !cfg->report_interval_ns)
+			return 1;
+		st = bpf_sk_storage_get(&km_sock, sk, 0, 0);
+		if (!st || !(st->flags & KM_SK_TRACKED))
+			return 1;
+		now = bpf_ktime_get_ns();
+		if (now - st->last_report_ns < cfg->report_interval_ns)
+			return 1;
+		st->last_report_ns = now;
+		km_emit(skops, st, KM_EV_PERIODIC, now);
+		break;
+	}
+	return 1;
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -1,0 +1,7 @@
+//go:build kmesh_layout_next
+
+package bpf
+
+// LayoutVersion of the layout-next test build: km_be gains a field in the
+// middle, so pinned km_backend entries must be migrated field by field.
+const LayoutVersion = 2

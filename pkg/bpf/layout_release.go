@@ -1,0 +1,7 @@
+//go:build !kmesh_layout_next
+
+package bpf
+
+// LayoutVersion is the map layout of this build (KM_LAYOUT_VERSION in
+// bpf/lib/structs.h).
+const LayoutVersion = 1

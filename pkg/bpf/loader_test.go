@@ -1,0 +1,116 @@
+package bpf
+
+import (
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+
+	"github.com/kmesh-go/kmesh/pkg/probe"
+	"github.com/kmesh-go/kmesh/pkg/testutil"
+)
+
+func TestFeatureProbes(t *testing.T) {
+	testutil.Privileged(t)
+	if err := probe.Check(probe.DualEngine()); err != nil {
+		t.Fatalf("this kernel should have every dual-engine feature: %v", err)
+	}
+	if err := probe.HaveSetRetval(); err != nil {
+		t.Fatalf("bpf_set_retval: %v", err)
+	}
+}
+
+// TestOpenAdoptUninstall: a fresh Open creates and pins everything; a second
+// Open adopts the same maps and swaps programs into the same links; Uninstall
+// leaves nothing attached or pinned.
+func TestOpenAdoptUninstall(t *testing.T) {
+	testutil.Privileged(t)
+	cg := testutil.NewCgroup(t)
+	opts := TestOptions(t, cg)
+
+	o1, err := Open(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !o1.Adoption.Fresh() || len(o1.Adoption.Attached) != len(AttachedPrograms())-1 {
+		t.Fatalf("first open: %+v", o1.Adoption)
+	}
+	id1 := mapID(t, o1.Maps[MapFrontend])
+	if err := o1.Maps[MapFrontend].Put(FrontendKey{Port: 1, Proto: 6}, FrontendVal{SvcId: 7, Port: 1}); err != nil {
+		t.Fatal(err)
+	}
+	o1.Close()
+
+	for _, p := range AttachedPrograms() {
+		sub := "links"
+		if p == "km_sk_msg" {
+			sub = "progs"
+		}
+		if _, err := os.Stat(filepath.Join(opts.PinDir, sub, p)); err != nil {
+			t.Fatalf("after close: %v", err)
+		}
+	}
+	if n := attachedCount(t, cg.Path, ebpf.AttachCGroupInet4Connect); n != 1 {
+		t.Fatalf("connect4 programs attached after close: %d, want 1", n)
+	}
+
+	o2, err := Open(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer o2.Close()
+	if o2.Adoption.Fresh() || len(o2.Adoption.Migrated) != 0 || len(o2.Adoption.Created) != 0 {
+		t.Fatalf("second open should reuse every map: %+v", o2.Adoption)
+	}
+	if !slices.Contains(o2.Adoption.Updated, "km_connect4") || o2.Adoption.FromLayout != LayoutVersion {
+		t.Fatalf("second open: %+v", o2.Adoption)
+	}
+	if id2 := mapID(t, o2.Maps[MapFrontend]); id2 != id1 {
+		t.Fatalf("frontend map replaced: id %d -> %d", id1, id2)
+	}
+	var v FrontendVal
+	if err := o2.Maps[MapFrontend].Lookup(FrontendKey{Port: 1, Proto: 6}, &v); err != nil || v.SvcId != 7 {
+		t.Fatalf("entry lost across reopen: %v %+v", err, v)
+	}
+	if n := attachedCount(t, cg.Path, ebpf.AttachCGroupInet4Connect); n != 1 {
+		t.Fatalf("connect4 programs attached after reopen: %d, want 1", n)
+	}
+	o2.Close()
+
+	if err := Uninstall(opts); err != nil {
+		t.Fatal(err)
+	}
+	if n := attachedCount(t, cg.Path, ebpf.AttachCGroupInet4Connect); n != 0 {
+		t.Fatalf("connect4 programs attached after uninstall: %d", n)
+	}
+	if _, err := os.Stat(opts.PinDir); !os.IsNotExist(err) {
+		t.Fatalf("pin dir remains: %v", err)
+	}
+}
+
+func mapID(t *testing.T, m *ebpf.Map) ebpf.MapID {
+	t.Helper()
+	info, err := m.Info()
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, _ := info.ID()
+	return id
+}
+
+func attachedCount(t *testing.T, cgroup string, at ebpf.AttachType) int {
+	t.Helper()
+	f, err := os.Open(cgroup)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	res, err := link.QueryPrograms(link.QueryOptions{Target: int(f.Fd()), Attach: at})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(res.Programs)
+}

@@ -1,0 +1,90 @@
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"runtime/debug"
+	"time"
+
+	"sigs.k8s.io/yaml"
+
+	"github.com/kmesh-go/kmesh/pkg/dataplane"
+	"github.com/kmesh-go/kmesh/pkg/model"
+)
+
+// ModelFile is a debugging and test source: it applies a model.Snapshot
+// written as JSON or YAML (field names as in pkg/model's json tags), and
+// re-applies it whenever the file changes. A file that fails to parse or is
+// rejected by the dataplane is logged and the last good model keeps serving.
+// Production nodes use the xDS client or the embedded control plane.
+type ModelFile struct {
+	Path string
+	// Poll is how often the file is checked for changes (default 1 s).
+	Poll   time.Duration
+	Logger *slog.Logger
+}
+
+// LoadModelFile reads a snapshot from a JSON or YAML file.
+func LoadModelFile(path string) (*model.Snapshot, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var s model.Snapshot
+	if err := yaml.UnmarshalStrict(b, &s); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return &s, nil
+}
+
+func (m ModelFile) Run(ctx context.Context, dp dataplane.API) error {
+	log := m.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	poll := m.Poll
+	if poll == 0 {
+		poll = time.Second
+	}
+	var last os.FileInfo
+	apply := func() error {
+		st, err := os.Stat(m.Path)
+		if err != nil {
+			return err
+		}
+		if last != nil && st.ModTime().Equal(last.ModTime()) && st.Size() == last.Size() {
+			return nil
+		}
+		last = st
+		start := time.Now()
+		s, err := LoadModelFile(m.Path)
+		if err != nil {
+			return err
+		}
+		if err := dp.Apply(ctx, s); err != nil {
+			return fmt.Errorf("%s rejected: %w", m.Path, err)
+		}
+		log.Info("model applied", "file", m.Path, "version", s.Version, "services", len(s.Services),
+			"workloads", len(s.Workloads), "took", time.Since(start).Round(time.Millisecond))
+		// The parsed snapshot is garbage now; give its memory back.
+		debug.FreeOSMemory()
+		return nil
+	}
+	if err := apply(); err != nil {
+		return err
+	}
+	t := time.NewTicker(poll)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+			if err := apply(); err != nil {
+				log.Error("model file not applied; the last good model keeps serving", "err", err)
+			}
+		}
+	}
+}

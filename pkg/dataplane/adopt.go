@@ -1,0 +1,224 @@
+package dataplane
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/kmesh-go/kmesh/pkg/bpf"
+)
+
+var errNotExist = ebpf.ErrKeyNotExist
+
+// adopt rebuilds the in-memory view from pinned state left by a previous
+// daemon. The maps are authoritative (they are what connects use); the
+// state file supplies keys and the model behind the ids. Nothing is changed
+// that connects could notice: services keep their active generation until
+// the next update rewrites them; only entries no running program can reach
+// (generations that are not active) are handed to the collector.
+func (d *Dataplane) adopt() error {
+	if d.obj.Adoption.Fresh() {
+		return nil
+	}
+	maps := d.obj.Maps
+
+	// Active generations.
+	active := map[uint32]uint32{}
+	var svc, gen uint32
+	it := maps[bpf.MapSvcActive].Iterate()
+	for it.Next(&svc, &gen) {
+		if gen != 0 {
+			active[svc] = gen
+		}
+	}
+	if err := it.Err(); err != nil {
+		return err
+	}
+	// Every generation present; inactive ones are garbage.
+	var sk bpf.SvcKey
+	var rec bpf.SvcRec
+	recs := map[bpf.SvcKey]bpf.SvcRec{}
+	it = maps[bpf.MapSvcGen].Iterate()
+	for it.Next(&sk, &rec) {
+		recs[sk] = rec
+		if sk.Gen > d.genSeq[sk.SvcId] {
+			d.genSeq[sk.SvcId] = sk.Gen
+		}
+	}
+	if err := it.Err(); err != nil {
+		return err
+	}
+	for k, r := range recs {
+		if active[k.SvcId] == k.Gen {
+			d.live.gens++
+			d.live.slots += countSlots(r.Count)
+			continue
+		}
+		d.gc.retireGen(retiredGen{svc: k.SvcId, gen: k.Gen, count: r.Count})
+	}
+	// Frontends as they are.
+	var fk bpf.FrontendKey
+	var fv bpf.FrontendVal
+	it = maps[bpf.MapFrontend].Iterate()
+	for it.Next(&fk, &fv) {
+		d.frontends[fk] = fv.SvcId
+	}
+	if err := it.Err(); err != nil {
+		return err
+	}
+	// Backends.
+	backends := map[uint32]bpf.Backend{}
+	var bid uint32
+	var bv bpf.Backend
+	it = maps[bpf.MapBackend].Iterate()
+	for it.Next(&bid, &bv) {
+		backends[bid] = bv
+		if bid >= d.nextBackend {
+			d.nextBackend = bid + 1
+		}
+	}
+	if err := it.Err(); err != nil {
+		return err
+	}
+	d.live.backends = len(backends)
+	// Enrolments as they are.
+	var ek uint64
+	var ev bpf.Enrol
+	it = maps[bpf.MapEnrolCg].Iterate()
+	for it.Next(&ek, &ev) {
+		d.enrolCg[ek] = ev.WorkloadId
+	}
+	if err := it.Err(); err != nil {
+		return err
+	}
+	it = maps[bpf.MapEnrolNs].Iterate()
+	for it.Next(&ek, &ev) {
+		d.enrolNs[ek] = ev.WorkloadId
+	}
+	if err := it.Err(); err != nil {
+		return err
+	}
+	var cfg bpf.Config
+	if err := maps[bpf.MapConfig].Lookup(uint32(0), &cfg); err == nil {
+		// Enrolments we cannot attribute yet keep working until a full sync.
+		d.legacyLevels = cfg.CgroupLevels
+	}
+
+	// Service ids in use stay reserved until a key claims them.
+	for id := range active {
+		d.svcIDs.reserved[id] = true
+	}
+	st, err := readState(d.opts.StateDir)
+	if err != nil {
+		d.log.Warn("ignoring unreadable dataplane state; ids are re-derived and the next full sync rewrites everything", "err", err)
+		st = nil
+	}
+	claimed := map[uint32]bool{}
+	if st != nil {
+		d.node = st.Node
+		for _, ps := range st.Services {
+			if ps.Service == nil || ps.ID == 0 || ps.ID >= bpf.MaxServices {
+				continue
+			}
+			d.svcIDs.set(ps.Service.Key, ps.ID)
+			s := &svcState{id: ps.ID, svc: ps.Service, fe: frontendKeys(ps.Service), gen: active[ps.ID]}
+			if s.gen != 0 {
+				s.count = recs[bpf.SvcKey{SvcId: ps.ID, Gen: s.gen}].Count
+			}
+			// digest 0: content unknown, so the next update rewrites it.
+			d.svcs[ps.Service.Key] = s
+		}
+		for _, pw := range st.Workloads {
+			if pw.Workload == nil || pw.ID == 0 {
+				continue
+			}
+			d.wlIDs.set(pw.Workload.UID, pw.ID)
+			w := &wlState{id: pw.ID, wl: pw.Workload}
+			if e := pw.Workload.Enrolment; e != nil {
+				w.enrol = enrolKey{present: true, cgroup: pw.CgroupID, level: pw.Level, netns: pw.Netns,
+					cgPath: e.CgroupPath, nsPath: e.NetnsPath}
+				if pw.CgroupID != 0 {
+					d.cgLevels[pw.Level]++
+				}
+			}
+			if be, ok := backends[pw.Backend]; ok && pw.Backend != 0 && be.WorkloadId == pw.ID {
+				w.backend, w.beVal = pw.Backend, be
+				claimed[pw.Backend] = true
+			} else if err := d.recreateBackend(w); err != nil {
+				return err
+			}
+			d.wls[pw.Workload.UID] = w
+			for key := range pw.Workload.Services {
+				if d.members[key] == nil {
+					d.members[key] = map[string]bool{}
+				}
+				d.members[key][pw.Workload.UID] = true
+			}
+		}
+	}
+	for id := range backends {
+		if !claimed[id] {
+			d.legacyBackends = append(d.legacyBackends, id)
+		}
+	}
+	d.log.Info("adopted pinned dataplane", "services", len(d.svcs), "workloads", len(d.wls),
+		"active_generations", len(active), "frontends", len(d.frontends), "unattributed_backends", len(d.legacyBackends))
+	return nil
+}
+
+// recreateBackend writes a backend record for an adopted workload whose
+// record is gone (the state file was older than the maps).
+func (d *Dataplane) recreateBackend(w *wlState) error {
+	be, ok, err := backendValue(w.wl, w.id)
+	if err != nil || !ok {
+		return err
+	}
+	id := d.nextBackend
+	if err := d.obj.Maps[bpf.MapBackend].Put(id, &be); err != nil {
+		return fmt.Errorf("adopting %s: %w", wlObject(w.wl.UID), err)
+	}
+	if d.nextBackend++; d.nextBackend == 0 {
+		d.nextBackend = 1
+	}
+	d.live.backends++
+	w.backend, w.beVal = id, be
+	return nil
+}
+
+// sweepUnowned removes what a full sync did not claim: services still active
+// under ids no key owns and enrolments no workload owns. Called after a full
+// Apply, when the dataplane holds exactly the snapshot.
+func (d *Dataplane) sweepUnowned() error {
+	for id := range d.svcIDs.reserved {
+		s := &svcState{id: id}
+		if err := d.retireActive(s, 0); err != nil {
+			return err
+		}
+		delete(d.svcIDs.reserved, id)
+	}
+	owned := map[uint64]bool{}
+	ownedNs := map[uint64]bool{}
+	for _, w := range d.wls {
+		owned[w.enrol.cgroup] = true
+		ownedNs[w.enrol.netns] = true
+	}
+	for id := range d.enrolCg {
+		if !owned[id] {
+			if err := d.obj.Maps[bpf.MapEnrolCg].Delete(id); err != nil && !errors.Is(err, errNotExist) {
+				return err
+			}
+			delete(d.enrolCg, id)
+		}
+	}
+	for c := range d.enrolNs {
+		if !ownedNs[c] {
+			if err := d.obj.Maps[bpf.MapEnrolNs].Delete(c); err != nil && !errors.Is(err, errNotExist) {
+				return err
+			}
+			delete(d.enrolNs, c)
+		}
+	}
+	d.legacyLevels = 0
+	return d.writeConfig()
+}

@@ -1,0 +1,190 @@
+package dataplane
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/kmesh-go/kmesh/pkg/model"
+)
+
+// The state file (<state-dir>/dataplane.json) lets a restarted daemon carry
+// on where the last one stopped: the ids behind the pinned maps and the model
+// they were rendered from, so incremental updates work before the source's
+// first full sync. It is written in the background at most every
+// stateDebounce after a change (no fsync: pinned BPF state does not survive a
+// reboot either). After a crash it can be up to that old; the pinned maps
+// stay authoritative (see adopt) and a full Apply converges everything.
+const (
+	stateFile     = "dataplane.json"
+	stateFormat   = 1
+	stateDebounce = 300 * time.Millisecond
+)
+
+type persisted struct {
+	Format    int            `json:"format"`
+	Node      model.Node     `json:"node"`
+	Services  []persistedSvc `json:"services"`
+	Workloads []persistedWl  `json:"workloads"`
+}
+
+type persistedSvc struct {
+	ID      uint32         `json:"id"`
+	Service *model.Service `json:"service"`
+}
+
+type persistedWl struct {
+	ID       uint32          `json:"id"`
+	Backend  uint32          `json:"backend,omitempty"`
+	Workload *model.Workload `json:"workload"`
+	CgroupID uint64          `json:"cgroupId,omitempty"`
+	Level    int             `json:"cgroupLevel,omitempty"`
+	Netns    uint64          `json:"netnsCookie,omitempty"`
+}
+
+// snapshotState captures the state under d.mu (the model values are never
+// mutated after being stored, so sharing the pointers is safe).
+func (d *Dataplane) snapshotState() *persisted {
+	p := &persisted{Format: stateFormat, Node: d.node}
+	for key, s := range d.svcs {
+		if id, ok := d.svcIDs.lookup(key); ok {
+			p.Services = append(p.Services, persistedSvc{ID: id, Service: s.svc})
+		}
+	}
+	for _, w := range d.wls {
+		p.Workloads = append(p.Workloads, persistedWl{ID: w.id, Backend: w.backend, Workload: w.wl,
+			CgroupID: w.enrol.cgroup, Level: w.enrol.level, Netns: w.enrol.netns})
+	}
+	return p
+}
+
+type stateWriter struct {
+	path  string
+	log   *slog.Logger
+	snap  func() *persisted
+	mu    sync.Mutex
+	dirty bool
+	wake  chan struct{}
+	done  chan struct{}
+	wg    sync.WaitGroup
+}
+
+func newStateWriter(dir string, log *slog.Logger, snap func() *persisted) *stateWriter {
+	w := &stateWriter{path: filepath.Join(dir, stateFile), log: log, snap: snap,
+		wake: make(chan struct{}, 1), done: make(chan struct{})}
+	w.wg.Add(1)
+	go w.loop()
+	return w
+}
+
+// mark notes a change; the file is rewritten shortly after.
+func (w *stateWriter) mark() {
+	w.mu.Lock()
+	w.dirty = true
+	w.mu.Unlock()
+	select {
+	case w.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (w *stateWriter) loop() {
+	defer w.wg.Done()
+	for {
+		select {
+		case <-w.done:
+			return
+		case <-w.wake:
+		}
+		select {
+		case <-w.done:
+			return
+		case <-time.After(stateDebounce):
+		}
+		w.flush()
+	}
+}
+
+func (w *stateWriter) flush() {
+	w.mu.Lock()
+	dirty := w.dirty
+	w.dirty = false
+	w.mu.Unlock()
+	if !dirty {
+		return
+	}
+	if err := writeState(w.path, w.snap()); err != nil {
+		w.log.Error("writing dataplane state", "path", w.path, "err", err)
+	}
+}
+
+// close stops the writer and writes pending changes.
+func (w *stateWriter) close() {
+	close(w.done)
+	w.wg.Wait()
+	w.flush()
+}
+
+func writeState(path string, p *persisted) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return err
+	}
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	bw := bufio.NewWriterSize(f, 64<<10)
+	err = json.NewEncoder(bw).Encode(p)
+	if err == nil {
+		err = bw.Flush()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+// readState loads the state file; a missing file is (nil, nil).
+func readState(dir string) (*persisted, error) {
+	f, err := os.Open(filepath.Join(dir, stateFile))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var p persisted
+	if err := json.NewDecoder(bufio.NewReader(f)).Decode(&p); err != nil {
+		return nil, fmt.Errorf("%s: %w", f.Name(), err)
+	}
+	if p.Format != stateFormat {
+		return nil, fmt.Errorf("%s: unknown format %d", f.Name(), p.Format)
+	}
+	return &p, nil
+}
+
+// RemoveState deletes the state file (kmeshd uninstall).
+func RemoveState(dir string) error {
+	if dir == "" {
+		dir = DefaultStateDir
+	}
+	for _, f := range []string{stateFile, stateFile + ".tmp"} {
+		if err := os.Remove(filepath.Join(dir, f)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+	}
+	return nil
+}
