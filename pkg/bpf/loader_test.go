@@ -1,4 +1,4 @@
-package bpf
+package bpf_test
 
 import (
 	"os"
@@ -9,6 +9,8 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 
+	"github.com/kmesh-go/kmesh/pkg/bpf"
+	"github.com/kmesh-go/kmesh/pkg/bpf/bpftest"
 	"github.com/kmesh-go/kmesh/pkg/probe"
 	"github.com/kmesh-go/kmesh/pkg/testutil"
 )
@@ -29,22 +31,22 @@ func TestFeatureProbes(t *testing.T) {
 func TestOpenAdoptUninstall(t *testing.T) {
 	testutil.Privileged(t)
 	cg := testutil.NewCgroup(t)
-	opts := TestOptions(t, cg)
+	opts := bpftest.Options(t, cg)
 
-	o1, err := Open(opts)
+	o1, err := bpf.Open(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !o1.Adoption.Fresh() || len(o1.Adoption.Attached) != len(AttachedPrograms())-1 {
+	if !o1.Adoption.Fresh() || len(o1.Adoption.Attached) != len(bpf.AttachedPrograms())-1 {
 		t.Fatalf("first open: %+v", o1.Adoption)
 	}
-	id1 := mapID(t, o1.Maps[MapFrontend])
-	if err := o1.Maps[MapFrontend].Put(FrontendKey{Port: 1, Proto: 6}, FrontendVal{SvcId: 7, Port: 1}); err != nil {
+	id1 := mapID(t, o1.Maps[bpf.MapFrontend])
+	if err := o1.Maps[bpf.MapFrontend].Put(bpf.FrontendKey{Port: 1, Proto: 6}, bpf.FrontendVal{SvcId: 7, Port: 1}); err != nil {
 		t.Fatal(err)
 	}
 	o1.Close()
 
-	for _, p := range AttachedPrograms() {
+	for _, p := range bpf.AttachedPrograms() {
 		sub := "links"
 		if p == "km_sk_msg" {
 			sub = "progs"
@@ -57,7 +59,7 @@ func TestOpenAdoptUninstall(t *testing.T) {
 		t.Fatalf("connect4 programs attached after close: %d, want 1", n)
 	}
 
-	o2, err := Open(opts)
+	o2, err := bpf.Open(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -65,14 +67,14 @@ func TestOpenAdoptUninstall(t *testing.T) {
 	if o2.Adoption.Fresh() || len(o2.Adoption.Migrated) != 0 || len(o2.Adoption.Created) != 0 {
 		t.Fatalf("second open should reuse every map: %+v", o2.Adoption)
 	}
-	if !slices.Contains(o2.Adoption.Updated, "km_connect4") || o2.Adoption.FromLayout != LayoutVersion {
+	if !slices.Contains(o2.Adoption.Updated, "km_connect4") || o2.Adoption.FromLayout != bpf.LayoutVersion {
 		t.Fatalf("second open: %+v", o2.Adoption)
 	}
-	if id2 := mapID(t, o2.Maps[MapFrontend]); id2 != id1 {
+	if id2 := mapID(t, o2.Maps[bpf.MapFrontend]); id2 != id1 {
 		t.Fatalf("frontend map replaced: id %d -> %d", id1, id2)
 	}
-	var v FrontendVal
-	if err := o2.Maps[MapFrontend].Lookup(FrontendKey{Port: 1, Proto: 6}, &v); err != nil || v.SvcId != 7 {
+	var v bpf.FrontendVal
+	if err := o2.Maps[bpf.MapFrontend].Lookup(bpf.FrontendKey{Port: 1, Proto: 6}, &v); err != nil || v.SvcId != 7 {
 		t.Fatalf("entry lost across reopen: %v %+v", err, v)
 	}
 	if n := attachedCount(t, cg.Path, ebpf.AttachCGroupInet4Connect); n != 1 {
@@ -80,7 +82,7 @@ func TestOpenAdoptUninstall(t *testing.T) {
 	}
 	o2.Close()
 
-	if err := Uninstall(opts); err != nil {
+	if err := bpf.Uninstall(opts); err != nil {
 		t.Fatal(err)
 	}
 	if n := attachedCount(t, cg.Path, ebpf.AttachCGroupInet4Connect); n != 0 {

@@ -1,4 +1,4 @@
-package bpf
+package bpf_test
 
 import (
 	"testing"

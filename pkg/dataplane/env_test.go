@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/kmesh-go/kmesh/pkg/bpf"
+	"github.com/kmesh-go/kmesh/pkg/bpf/bpftest"
 	"github.com/kmesh-go/kmesh/pkg/model"
 	"github.com/kmesh-go/kmesh/pkg/testutil"
 )
@@ -64,7 +64,7 @@ func newEnv(t *testing.T, mutate ...func(*Options)) *env {
 	ln := e.plain.NS.Listen(t, "tcp", "[::]:9090")
 	testutil.ServeIdentity(t, ln, "plain")
 
-	e.opts = Options{BPF: bpf.TestOptions(t, e.attach), StateDir: t.TempDir()}
+	e.opts = Options{BPF: bpftest.Options(t, e.attach), StateDir: t.TempDir()}
 	for _, m := range mutate {
 		m(&e.opts)
 	}
