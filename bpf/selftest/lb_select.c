@@ -11,8 +11,8 @@ struct lb_test_args {
 	__u32 addr[4];   /* in: destination, v4 mapped */
 	__u16 port;      /* in: network order */
 	__u8 family;     /* in: KM_FAM_V4 or KM_FAM_V6 */
-	__u8 pad;
-	__u32 rnd;       /* in: random input */
+	__u8 kernel_rnd; /* in: 1 = use bpf_get_prandom_u32() as the datapath does */
+	__u32 rnd;       /* in: random input (when kernel_rnd is 0) */
 	__s32 verdict;   /* out: enum km_verdict */
 	__u32 svc_id;    /* out */
 	__u32 backend_id;
@@ -38,7 +38,8 @@ int lb_select(struct lb_test_args *args)
 		args->verdict = KM_PASS;
 		return 0;
 	}
-	args->verdict = km_lb_pick(svc, args->port, args->family, args->rnd, &pick);
+	args->verdict = km_lb_pick(svc, args->port, args->family,
+				   args->kernel_rnd ? bpf_get_prandom_u32() : args->rnd, &pick);
 	args->svc_id = svc;
 	args->backend_id = pick.backend_id;
 	args->workload_id = pick.workload_id;

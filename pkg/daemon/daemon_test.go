@@ -32,6 +32,10 @@ func TestLoadModelFileRejectsUnknownFields(t *testing.T) {
 	if _, err := LoadModelFile(p); err == nil {
 		t.Fatal("a misspelled field was accepted")
 	}
+	os.WriteFile(p, []byte("\n"), 0o644)
+	if _, err := LoadModelFile(p); err == nil {
+		t.Fatal("an empty file (a write in progress) was accepted as an empty model")
+	}
 	os.WriteFile(p, []byte("services:\n- key: a\n  vips: [10.0.0.1]\n  ports: [{port: 80, targetPort: 8080}]\n"), 0o644)
 	s, err := LoadModelFile(p)
 	if err != nil || len(s.Services) != 1 || s.Services[0].VIPs[0] != netip.MustParseAddr("10.0.0.1") || s.Services[0].Ports[0].TargetPort != 8080 {
@@ -74,11 +78,20 @@ func TestDaemonModelFileStopAndUninstall(t *testing.T) {
 	write(snap(be[0]))
 
 	bo := bpftest.Options(t, cg)
+	ready := make(chan struct{})
 	opts := Options{BPFFS: bo.BPFFS, PinDir: bo.PinDir, Cgroup: bo.Cgroup, StateDir: t.TempDir(),
-		Source: ModelFile{Path: file, Poll: 50 * time.Millisecond}}
+		Source:  ModelFile{Path: file, Poll: 50 * time.Millisecond},
+		OnReady: func(*dataplane.Dataplane) { close(ready) }}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- Run(ctx, opts) }()
+	select {
+	case <-ready:
+	case err := <-done:
+		t.Fatalf("daemon ended before it was ready: %v", err)
+	case <-time.After(3 * time.Minute):
+		t.Fatal("daemon not ready after 3 minutes")
+	}
 	defer func() {
 		cancel()
 		<-done

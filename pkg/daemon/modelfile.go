@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
@@ -18,7 +19,9 @@ import (
 // written as JSON or YAML (field names as in pkg/model's json tags), and
 // re-applies it whenever the file changes. A file that fails to parse or is
 // rejected by the dataplane is logged and the last good model keeps serving.
-// Production nodes use the xDS client or the embedded control plane.
+// Write the file atomically (write a temporary file, rename it over); an
+// empty file is refused. Production nodes use the xDS client or the embedded
+// control plane.
 type ModelFile struct {
 	Path string
 	// Poll is how often the file is checked for changes (default 1 s).
@@ -31,6 +34,12 @@ func LoadModelFile(path string) (*model.Snapshot, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
+	}
+	// An empty file is almost always a write in progress (truncate, then
+	// write); applying it would delete everything. An intentionally empty
+	// model is written as {}.
+	if len(bytes.TrimSpace(b)) == 0 {
+		return nil, fmt.Errorf("%s is empty (write {} for an empty model)", path)
 	}
 	var s model.Snapshot
 	if err := yaml.UnmarshalStrict(b, &s); err != nil {

@@ -18,7 +18,7 @@ type LbSelectLbTestArgs struct {
 	Addr       [4]uint32
 	Port       uint16
 	Family     uint8
-	Pad        uint8
+	KernelRnd  uint8
 	Rnd        uint32
 	Verdict    int32
 	SvcId      uint32
