@@ -3,7 +3,8 @@
  * the cgroup2 root by default); which processes they act on is decided here,
  * by map lookups: the socket's network namespace cookie, or the cgroup of the
  * calling process or any of its ancestors. Only process-context hooks
- * (connect, sock_create) may call km_enrolled_current. */
+ * (connect, sock_create, sockops' listen callback) may call
+ * km_enrolled_current. */
 #ifndef KMESH_BPF_ENROL_H
 #define KMESH_BPF_ENROL_H
 

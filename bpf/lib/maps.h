@@ -85,6 +85,15 @@ struct {
 	__type(value, struct km_enrol);
 } km_enrol_ns SEC(".maps");
 
+/* Listening ports of enrolled workloads (maintained by sockops). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, KM_MAX_ENROL);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct km_listen_key);
+	__type(value, struct km_listen_val);
+} km_listen SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
@@ -99,8 +108,8 @@ struct {
 	__type(value, __u64);
 } km_stats SEC(".maps");
 
-/* Socket-local state; cloned into accepted sockets so a listener's enrolment
- * carries over to its connections. */
+/* Socket-local state (BPF_F_CLONE: where the kernel clones it into accepted
+ * sockets, a listener's mark carries over; km_listen covers the rest). */
 struct {
 	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
 	__uint(map_flags, BPF_F_NO_PREALLOC | BPF_F_CLONE);
@@ -116,6 +125,16 @@ struct {
 	__type(value, __u64);
 } km_sockhash SEC(".maps");
 
+/* Bytes received by an accelerated socket through sk_msg redirect, keyed
+ * like km_sockhash: the sender's sk_msg program adds, sockops reads. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, KM_MAX_SOCKHASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct km_sock_key);
+	__type(value, __u64);
+} km_accel_rx SEC(".maps");
+
 /* Connection records for telemetry (struct km_conn_event). */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -125,6 +144,11 @@ struct {
 /* Set by the loader: 0 when bpf_set_retval is unavailable (then a refused
  * connect() fails with EPERM instead of ECONNREFUSED). */
 volatile const __u32 km_has_set_retval = 1;
+
+/* Set by the loader: 1 when sock_ops programs may read the current task's
+ * cgroup (bpf_get_current_ancestor_cgroup_id), so listen() by an enrolled
+ * process is recognised without socket storage (MPTCP listeners). */
+volatile const __u32 km_sockops_has_cgroup = 1;
 
 static __always_inline void km_stat_inc(__u32 idx)
 {

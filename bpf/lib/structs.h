@@ -119,6 +119,21 @@ struct km_enrol {
 	__u32 flags;
 };
 
+/* km_listen key: a listening port of an enrolled workload in a network
+ * namespace. Accepted sockets are matched to it in sockops (a listener's
+ * socket storage is not reliably cloned into accepted sockets). */
+struct km_listen_key {
+	__u64 netns_cookie;
+	__u32 port; /* host order */
+	__u32 pad;
+};
+
+struct km_listen_val {
+	__u32 workload_id;
+	__u32 listeners; /* SO_REUSEPORT: listening sockets sharing the port */
+	__u64 cgroup_id;
+};
+
 /* km_config[0]: runtime switches written by the daemon. */
 struct km_cfg {
 	__u64 cgroup_levels;     /* bit L set: some enrolled cgroup sits at level L */
@@ -141,6 +156,9 @@ struct km_sock_state {
 	__u64 cgroup_id;    /* cgroup of the process that created/connected it */
 	__u64 start_ns;
 	__u64 last_report_ns;
+	/* Bytes sent by sk_msg redirect: TCP's own counters never see them
+	 * (the receiving side's count is in km_accel_rx). */
+	__u64 accel_tx;
 };
 
 #define KM_SK_ENROLLED  (1u << 0)
@@ -148,6 +166,7 @@ struct km_sock_state {
 #define KM_SK_TRACKED   (1u << 2) /* established and reported */
 #define KM_SK_LOCAL_DST (1u << 3) /* backend is a local enrolled workload */
 #define KM_SK_ACCEL     (1u << 4) /* inserted into the sockhash */
+#define KM_SK_LISTENER  (1u << 5) /* an enrolled listener, in km_listen */
 
 enum km_direction {
 	KM_DIR_UNKNOWN = 0,

@@ -27,7 +27,7 @@ SEC("syscall")
 int lb_select(struct lb_test_args *args)
 {
 	struct km_pick pick = {};
-	__u32 addr[4], svc;
+	__u32 addr[4], svc, rnd;
 
 	addr[0] = args->addr[0];
 	addr[1] = args->addr[1];
@@ -38,8 +38,13 @@ int lb_select(struct lb_test_args *args)
 		args->verdict = KM_PASS;
 		return 0;
 	}
-	args->verdict = km_lb_pick(svc, args->port, args->family,
-				   args->kernel_rnd ? bpf_get_prandom_u32() : args->rnd, &pick);
+	rnd = args->kernel_rnd ? bpf_get_prandom_u32() : args->rnd;
+	/* A constant family per call, as in the connect programs (older
+	 * verifiers cannot bound a runtime family index). */
+	if (args->family == KM_FAM_V6)
+		args->verdict = km_lb_pick(svc, args->port, KM_FAM_V6, rnd, &pick);
+	else
+		args->verdict = km_lb_pick(svc, args->port, KM_FAM_V4, rnd, &pick);
 	args->svc_id = svc;
 	args->backend_id = pick.backend_id;
 	args->workload_id = pick.workload_id;

@@ -137,6 +137,7 @@ func Open(opts Options) (obj *Objects, err error) {
 		ok := probe.HaveSetRetval() == nil
 		setRetval = &ok
 	}
+	sockopsCgroup := probe.HaveSockopsCurrentCgroup() == nil
 
 	o := &Objects{
 		Maps: map[string]*ebpf.Map{}, Programs: map[string]*ebpf.Program{}, links: map[string]link.Link{},
@@ -216,13 +217,11 @@ func Open(opts Options) (obj *Objects, err error) {
 	// Programs, loaded against the final maps.
 	for _, ob := range objects {
 		spec := specs[ob.name]
-		if v, ok := spec.Variables["km_has_set_retval"]; ok {
-			val := uint32(0)
-			if *setRetval {
-				val = 1
-			}
-			if err := v.Set(val); err != nil {
-				return nil, err
+		for name, on := range map[string]bool{"km_has_set_retval": *setRetval, "km_sockops_has_cgroup": sockopsCgroup} {
+			if v, ok := spec.Variables[name]; ok {
+				if err := v.Set(boolU32(on)); err != nil {
+					return nil, err
+				}
 			}
 		}
 		coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: replacementsFor(spec, o.Maps)})
@@ -632,6 +631,13 @@ func (r *layoutRecord) write(specs map[string]*ebpf.MapSpec) error {
 }
 
 // ---- misc -----------------------------------------------------------------
+
+func boolU32(b bool) uint32 {
+	if b {
+		return 1
+	}
+	return 0
+}
 
 func sortedKeys[V any](m map[string]V) []string {
 	keys := make([]string, 0, len(m))

@@ -111,6 +111,8 @@ const (
 	MapStats     = "km_stats"
 	MapSock      = "km_sock"
 	MapSockhash  = "km_sockhash"
+	MapAccelRx   = "km_accel_rx"
+	MapListen    = "km_listen"
 	MapEvents    = "km_events"
 	MapLayout    = "km_layout"
 )

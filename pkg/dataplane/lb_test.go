@@ -80,8 +80,37 @@ func checkDistribution(t *testing.T, res testutil.DialResult, n int, want map[st
 	}
 }
 
-func TestRandomDistribution(t *testing.T) {
+// TestLoadBalancing runs the connect-path tests on one topology and one
+// attached dataplane (each case applies its own snapshot), which keeps the
+// guest runs under TCG short.
+func TestLoadBalancing(t *testing.T) {
 	e := newEnv(t)
+	for _, tc := range []struct {
+		name string
+		fn   func(*testing.T, *env)
+	}{
+		{"RandomDistribution", testRandomDistribution},
+		{"RoundRobinDistribution", testRoundRobinDistribution},
+		{"WeightedDistribution", testWeightedDistribution},
+		{"LocalityStrict", testLocalityStrict},
+		{"LocalityFailover", testLocalityFailover},
+		{"MultiPortAndOverrides", testMultiPortAndOverrides},
+		{"IPv6Client", testIPv6Client},
+		{"V4MappedClient", testV4MappedClient},
+		{"NonMeshDestinationUntouched", testNonMeshDestinationUntouched},
+		{"UnenrolledProcessUntouched", testUnenrolledProcessUntouched},
+		{"NetnsEnrolment", testNetnsEnrolment},
+		{"ServiceWithoutBackendRefused", testServiceWithoutBackendRefused},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e.t = t
+			defer func() { e.t = nil }()
+			tc.fn(t, e)
+		})
+	}
+}
+
+func testRandomDistribution(t *testing.T, e *env) {
 	e.apply(e.snapshot(model.LoadBalancing{Algorithm: model.LBRandom}))
 	n := distributionConnects()
 	res := e.dial(e.client, "tcp4", vipAddr(vip4, port80), n)
@@ -93,8 +122,7 @@ func TestRandomDistribution(t *testing.T) {
 	}
 }
 
-func TestRoundRobinDistribution(t *testing.T) {
-	e := newEnv(t)
+func testRoundRobinDistribution(t *testing.T, e *env) {
 	e.apply(e.snapshot(model.LoadBalancing{Algorithm: model.LBRoundRobin}))
 	n := distributionConnects()
 	res := e.dial(e.client, "tcp4", vipAddr(vip4, port80), n)
@@ -108,8 +136,7 @@ func TestRoundRobinDistribution(t *testing.T) {
 	}
 }
 
-func TestWeightedDistribution(t *testing.T) {
-	e := newEnv(t)
+func testWeightedDistribution(t *testing.T, e *env) {
 	s := e.snapshot(model.LoadBalancing{Algorithm: model.LBWeighted})
 	for i, w := range []uint32{1, 2, 7} {
 		s.Workloads[i].Weight = w
@@ -131,8 +158,7 @@ func localitySnapshot(e *env, mode model.LocalityMode) *model.Snapshot {
 	return s
 }
 
-func TestLocalityStrict(t *testing.T) {
-	e := newEnv(t)
+func testLocalityStrict(t *testing.T, e *env) {
 	s := localitySnapshot(e, model.LocalityStrict)
 	e.apply(s)
 	res := e.dial(e.client, "tcp4", vipAddr(vip4, port80), small(200))
@@ -147,8 +173,7 @@ func TestLocalityStrict(t *testing.T) {
 	}
 }
 
-func TestLocalityFailover(t *testing.T) {
-	e := newEnv(t)
+func testLocalityFailover(t *testing.T, e *env) {
 	s := localitySnapshot(e, model.LocalityFailover)
 	e.apply(s)
 	res := e.dial(e.client, "tcp4", vipAddr(vip4, port80), small(200))
@@ -174,8 +199,7 @@ func TestLocalityFailover(t *testing.T) {
 	checkShares(t, res, small(200), map[string]float64{"be3:8080": 1}, 0, false)
 }
 
-func TestMultiPortAndOverrides(t *testing.T) {
-	e := newEnv(t)
+func testMultiPortAndOverrides(t *testing.T, e *env) {
 	s := e.snapshot(model.LoadBalancing{Algorithm: model.LBRoundRobin})
 	// be3 overrides port 80's target to 8081 (a named targetPort in k8s terms).
 	s.Workloads[2].Services[svcKey] = []model.WorkloadPort{{ServicePort: port80, TargetPort: target81}}
@@ -191,8 +215,7 @@ func TestMultiPortAndOverrides(t *testing.T) {
 	}
 }
 
-func TestIPv6Client(t *testing.T) {
-	e := newEnv(t)
+func testIPv6Client(t *testing.T, e *env) {
 	e.apply(e.snapshot(model.LoadBalancing{Algorithm: model.LBRoundRobin}))
 	res := e.dial(e.client, "tcp6", vipAddr(vip6, port80), small(300))
 	checkShares(t, res, small(300), map[string]float64{"be1:8080": 1.0 / 3, "be2:8080": 1.0 / 3, "be3:8080": 1.0 / 3}, 0.02, false)
@@ -207,8 +230,7 @@ func TestIPv6Client(t *testing.T) {
 	checkShares(t, res, small(200), map[string]float64{"be2:8080": 0.5, "be3:8080": 0.5}, 0.02, false)
 }
 
-func TestV4MappedClient(t *testing.T) {
-	e := newEnv(t)
+func testV4MappedClient(t *testing.T, e *env) {
 	e.apply(e.snapshot(model.LoadBalancing{Algorithm: model.LBRoundRobin}))
 	var res mappedResult
 	n := small(300)
@@ -228,8 +250,7 @@ func TestV4MappedClient(t *testing.T) {
 	}
 }
 
-func TestNonMeshDestinationUntouched(t *testing.T) {
-	e := newEnv(t)
+func testNonMeshDestinationUntouched(t *testing.T, e *env) {
 	e.apply(e.snapshot(model.LoadBalancing{}))
 	// A real address that is not a frontend reaches its server unchanged.
 	res := e.dial(e.client, "tcp4", fmt.Sprintf("%s:9090", e.plain.IP4), 20)
@@ -248,8 +269,7 @@ func TestNonMeshDestinationUntouched(t *testing.T) {
 	}
 }
 
-func TestUnenrolledProcessUntouched(t *testing.T) {
-	e := newEnv(t)
+func testUnenrolledProcessUntouched(t *testing.T, e *env) {
 	e.apply(e.snapshot(model.LoadBalancing{}))
 	before := stats(t, e.dp)
 	// Same netns, same attach point, but a cgroup nobody enrolled.
@@ -274,8 +294,7 @@ func TestUnenrolledProcessUntouched(t *testing.T) {
 	}
 }
 
-func TestNetnsEnrolment(t *testing.T) {
-	e := newEnv(t)
+func testNetnsEnrolment(t *testing.T, e *env) {
 	s := e.snapshot(model.LoadBalancing{Algorithm: model.LBRoundRobin})
 	// Enrol the client's network namespace instead of its cgroup; the dialing
 	// process stays in the un-enrolled cgroup.
@@ -285,19 +304,19 @@ func TestNetnsEnrolment(t *testing.T) {
 	checkShares(t, res, small(300), map[string]float64{"be1:8080": 1.0 / 3, "be2:8080": 1.0 / 3, "be3:8080": 1.0 / 3}, 0.02, false)
 }
 
-func TestServiceWithoutBackendRefused(t *testing.T) {
-	e := newEnv(t)
+func testServiceWithoutBackendRefused(t *testing.T, e *env) {
 	s := e.snapshot(model.LoadBalancing{})
 	for i := 0; i < 3; i++ {
 		s.Workloads[i].Healthy = false
 	}
 	e.apply(s)
+	before := stats(t, e.dp)
 	res := e.dial(e.client, "tcp4", vipAddr(vip4, port80), 10)
 	if res.Errors["dial: connect: connection refused"] != 10 {
 		t.Fatalf("empty service: %+v, want ECONNREFUSED at once", res)
 	}
 	st := stats(t, e.dp)
-	if st[bpf.StatConnectRefused] != 10 || st[bpf.StatLookupMiss] != 0 {
+	if st[bpf.StatConnectRefused]-before[bpf.StatConnectRefused] != 10 || st[bpf.StatLookupMiss] != 0 {
 		t.Fatalf("stats %v", st)
 	}
 }

@@ -96,6 +96,21 @@ func HaveSetRetval() error {
 	return setRetvalErr
 }
 
+var (
+	sockopsCgroupOnce sync.Once
+	sockopsCgroupErr  error
+)
+
+// HaveSockopsCurrentCgroup reports whether sock_ops programs can read the
+// current task's cgroup ancestry; without it a listener is recognised as
+// enrolled only through its socket storage (not for MPTCP listeners).
+func HaveSockopsCurrentCgroup() error {
+	sockopsCgroupOnce.Do(func() {
+		sockopsCgroupErr = features.HaveProgramHelper(ebpf.SockOps, asm.FnGetCurrentAncestorCgroupId)
+	})
+	return sockopsCgroupErr
+}
+
 // HaveNetnsCookieSockopt checks getsockopt(SO_NETNS_COOKIE) on a fresh socket.
 func HaveNetnsCookieSockopt() error {
 	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)

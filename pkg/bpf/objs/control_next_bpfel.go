@@ -25,21 +25,24 @@ type ControlKmFlipArgs struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	ControlMapKmBackend      = "km_backend"
-	ControlMapKmConfig       = "km_config"
-	ControlMapKmEndpoint     = "km_endpoint"
-	ControlMapKmEnrolCg      = "km_enrol_cg"
-	ControlMapKmEnrolNs      = "km_enrol_ns"
-	ControlMapKmEvents       = "km_events"
-	ControlMapKmFrontend     = "km_frontend"
-	ControlMapKmRr           = "km_rr"
-	ControlMapKmSock         = "km_sock"
-	ControlMapKmSockhash     = "km_sockhash"
-	ControlMapKmStats        = "km_stats"
-	ControlMapKmSvcActive    = "km_svc_active"
-	ControlMapKmSvcGen       = "km_svc_gen"
-	ControlProgKmFlip        = "km_flip"
-	ControlVarKmHasSetRetval = "km_has_set_retval"
+	ControlMapKmAccelRx          = "km_accel_rx"
+	ControlMapKmBackend          = "km_backend"
+	ControlMapKmConfig           = "km_config"
+	ControlMapKmEndpoint         = "km_endpoint"
+	ControlMapKmEnrolCg          = "km_enrol_cg"
+	ControlMapKmEnrolNs          = "km_enrol_ns"
+	ControlMapKmEvents           = "km_events"
+	ControlMapKmFrontend         = "km_frontend"
+	ControlMapKmListen           = "km_listen"
+	ControlMapKmRr               = "km_rr"
+	ControlMapKmSock             = "km_sock"
+	ControlMapKmSockhash         = "km_sockhash"
+	ControlMapKmStats            = "km_stats"
+	ControlMapKmSvcActive        = "km_svc_active"
+	ControlMapKmSvcGen           = "km_svc_gen"
+	ControlProgKmFlip            = "km_flip"
+	ControlVarKmHasSetRetval     = "km_has_set_retval"
+	ControlVarKmSockopsHasCgroup = "km_sockops_has_cgroup"
 )
 
 // LoadControl returns the embedded CollectionSpec for Control.
@@ -91,6 +94,7 @@ type ControlProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type ControlMapSpecs struct {
+	KmAccelRx   *ebpf.MapSpec `ebpf:"km_accel_rx"`
 	KmBackend   *ebpf.MapSpec `ebpf:"km_backend"`
 	KmConfig    *ebpf.MapSpec `ebpf:"km_config"`
 	KmEndpoint  *ebpf.MapSpec `ebpf:"km_endpoint"`
@@ -98,6 +102,7 @@ type ControlMapSpecs struct {
 	KmEnrolNs   *ebpf.MapSpec `ebpf:"km_enrol_ns"`
 	KmEvents    *ebpf.MapSpec `ebpf:"km_events"`
 	KmFrontend  *ebpf.MapSpec `ebpf:"km_frontend"`
+	KmListen    *ebpf.MapSpec `ebpf:"km_listen"`
 	KmRr        *ebpf.MapSpec `ebpf:"km_rr"`
 	KmSock      *ebpf.MapSpec `ebpf:"km_sock"`
 	KmSockhash  *ebpf.MapSpec `ebpf:"km_sockhash"`
@@ -110,7 +115,8 @@ type ControlMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type ControlVariableSpecs struct {
-	KmHasSetRetval *ebpf.VariableSpec `ebpf:"km_has_set_retval"`
+	KmHasSetRetval     *ebpf.VariableSpec `ebpf:"km_has_set_retval"`
+	KmSockopsHasCgroup *ebpf.VariableSpec `ebpf:"km_sockops_has_cgroup"`
 }
 
 // ControlObjects contains all objects after they have been loaded into the kernel.
@@ -133,6 +139,7 @@ func (o *ControlObjects) Close() error {
 //
 // It can be passed to LoadControlObjects or ebpf.CollectionSpec.LoadAndAssign.
 type ControlMaps struct {
+	KmAccelRx   *ebpf.Map `ebpf:"km_accel_rx"`
 	KmBackend   *ebpf.Map `ebpf:"km_backend"`
 	KmConfig    *ebpf.Map `ebpf:"km_config"`
 	KmEndpoint  *ebpf.Map `ebpf:"km_endpoint"`
@@ -140,6 +147,7 @@ type ControlMaps struct {
 	KmEnrolNs   *ebpf.Map `ebpf:"km_enrol_ns"`
 	KmEvents    *ebpf.Map `ebpf:"km_events"`
 	KmFrontend  *ebpf.Map `ebpf:"km_frontend"`
+	KmListen    *ebpf.Map `ebpf:"km_listen"`
 	KmRr        *ebpf.Map `ebpf:"km_rr"`
 	KmSock      *ebpf.Map `ebpf:"km_sock"`
 	KmSockhash  *ebpf.Map `ebpf:"km_sockhash"`
@@ -150,6 +158,7 @@ type ControlMaps struct {
 
 func (m *ControlMaps) Close() error {
 	return _ControlClose(
+		m.KmAccelRx,
 		m.KmBackend,
 		m.KmConfig,
 		m.KmEndpoint,
@@ -157,6 +166,7 @@ func (m *ControlMaps) Close() error {
 		m.KmEnrolNs,
 		m.KmEvents,
 		m.KmFrontend,
+		m.KmListen,
 		m.KmRr,
 		m.KmSock,
 		m.KmSockhash,
@@ -170,7 +180,8 @@ func (m *ControlMaps) Close() error {
 //
 // It can be passed to LoadControlObjects or ebpf.CollectionSpec.LoadAndAssign.
 type ControlVariables struct {
-	KmHasSetRetval *ebpf.Variable `ebpf:"km_has_set_retval"`
+	KmHasSetRetval     *ebpf.Variable `ebpf:"km_has_set_retval"`
+	KmSockopsHasCgroup *ebpf.Variable `ebpf:"km_sockops_has_cgroup"`
 }
 
 // ControlPrograms contains all programs after they have been loaded into the kernel.

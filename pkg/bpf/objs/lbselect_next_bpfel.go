@@ -34,21 +34,24 @@ type LbSelectLbTestArgs struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	LbSelectMapKmBackend      = "km_backend"
-	LbSelectMapKmConfig       = "km_config"
-	LbSelectMapKmEndpoint     = "km_endpoint"
-	LbSelectMapKmEnrolCg      = "km_enrol_cg"
-	LbSelectMapKmEnrolNs      = "km_enrol_ns"
-	LbSelectMapKmEvents       = "km_events"
-	LbSelectMapKmFrontend     = "km_frontend"
-	LbSelectMapKmRr           = "km_rr"
-	LbSelectMapKmSock         = "km_sock"
-	LbSelectMapKmSockhash     = "km_sockhash"
-	LbSelectMapKmStats        = "km_stats"
-	LbSelectMapKmSvcActive    = "km_svc_active"
-	LbSelectMapKmSvcGen       = "km_svc_gen"
-	LbSelectProgLbSelect      = "lb_select"
-	LbSelectVarKmHasSetRetval = "km_has_set_retval"
+	LbSelectMapKmAccelRx          = "km_accel_rx"
+	LbSelectMapKmBackend          = "km_backend"
+	LbSelectMapKmConfig           = "km_config"
+	LbSelectMapKmEndpoint         = "km_endpoint"
+	LbSelectMapKmEnrolCg          = "km_enrol_cg"
+	LbSelectMapKmEnrolNs          = "km_enrol_ns"
+	LbSelectMapKmEvents           = "km_events"
+	LbSelectMapKmFrontend         = "km_frontend"
+	LbSelectMapKmListen           = "km_listen"
+	LbSelectMapKmRr               = "km_rr"
+	LbSelectMapKmSock             = "km_sock"
+	LbSelectMapKmSockhash         = "km_sockhash"
+	LbSelectMapKmStats            = "km_stats"
+	LbSelectMapKmSvcActive        = "km_svc_active"
+	LbSelectMapKmSvcGen           = "km_svc_gen"
+	LbSelectProgLbSelect          = "lb_select"
+	LbSelectVarKmHasSetRetval     = "km_has_set_retval"
+	LbSelectVarKmSockopsHasCgroup = "km_sockops_has_cgroup"
 )
 
 // LoadLbSelect returns the embedded CollectionSpec for LbSelect.
@@ -100,6 +103,7 @@ type LbSelectProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type LbSelectMapSpecs struct {
+	KmAccelRx   *ebpf.MapSpec `ebpf:"km_accel_rx"`
 	KmBackend   *ebpf.MapSpec `ebpf:"km_backend"`
 	KmConfig    *ebpf.MapSpec `ebpf:"km_config"`
 	KmEndpoint  *ebpf.MapSpec `ebpf:"km_endpoint"`
@@ -107,6 +111,7 @@ type LbSelectMapSpecs struct {
 	KmEnrolNs   *ebpf.MapSpec `ebpf:"km_enrol_ns"`
 	KmEvents    *ebpf.MapSpec `ebpf:"km_events"`
 	KmFrontend  *ebpf.MapSpec `ebpf:"km_frontend"`
+	KmListen    *ebpf.MapSpec `ebpf:"km_listen"`
 	KmRr        *ebpf.MapSpec `ebpf:"km_rr"`
 	KmSock      *ebpf.MapSpec `ebpf:"km_sock"`
 	KmSockhash  *ebpf.MapSpec `ebpf:"km_sockhash"`
@@ -119,7 +124,8 @@ type LbSelectMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type LbSelectVariableSpecs struct {
-	KmHasSetRetval *ebpf.VariableSpec `ebpf:"km_has_set_retval"`
+	KmHasSetRetval     *ebpf.VariableSpec `ebpf:"km_has_set_retval"`
+	KmSockopsHasCgroup *ebpf.VariableSpec `ebpf:"km_sockops_has_cgroup"`
 }
 
 // LbSelectObjects contains all objects after they have been loaded into the kernel.
@@ -142,6 +148,7 @@ func (o *LbSelectObjects) Close() error {
 //
 // It can be passed to LoadLbSelectObjects or ebpf.CollectionSpec.LoadAndAssign.
 type LbSelectMaps struct {
+	KmAccelRx   *ebpf.Map `ebpf:"km_accel_rx"`
 	KmBackend   *ebpf.Map `ebpf:"km_backend"`
 	KmConfig    *ebpf.Map `ebpf:"km_config"`
 	KmEndpoint  *ebpf.Map `ebpf:"km_endpoint"`
@@ -149,6 +156,7 @@ type LbSelectMaps struct {
 	KmEnrolNs   *ebpf.Map `ebpf:"km_enrol_ns"`
 	KmEvents    *ebpf.Map `ebpf:"km_events"`
 	KmFrontend  *ebpf.Map `ebpf:"km_frontend"`
+	KmListen    *ebpf.Map `ebpf:"km_listen"`
 	KmRr        *ebpf.Map `ebpf:"km_rr"`
 	KmSock      *ebpf.Map `ebpf:"km_sock"`
 	KmSockhash  *ebpf.Map `ebpf:"km_sockhash"`
@@ -159,6 +167,7 @@ type LbSelectMaps struct {
 
 func (m *LbSelectMaps) Close() error {
 	return _LbSelectClose(
+		m.KmAccelRx,
 		m.KmBackend,
 		m.KmConfig,
 		m.KmEndpoint,
@@ -166,6 +175,7 @@ func (m *LbSelectMaps) Close() error {
 		m.KmEnrolNs,
 		m.KmEvents,
 		m.KmFrontend,
+		m.KmListen,
 		m.KmRr,
 		m.KmSock,
 		m.KmSockhash,
@@ -179,7 +189,8 @@ func (m *LbSelectMaps) Close() error {
 //
 // It can be passed to LoadLbSelectObjects or ebpf.CollectionSpec.LoadAndAssign.
 type LbSelectVariables struct {
-	KmHasSetRetval *ebpf.Variable `ebpf:"km_has_set_retval"`
+	KmHasSetRetval     *ebpf.Variable `ebpf:"km_has_set_retval"`
+	KmSockopsHasCgroup *ebpf.Variable `ebpf:"km_sockops_has_cgroup"`
 }
 
 // LbSelectPrograms contains all programs after they have been loaded into the kernel.

@@ -16,21 +16,24 @@ import (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	SkMsgMapKmBackend      = "km_backend"
-	SkMsgMapKmConfig       = "km_config"
-	SkMsgMapKmEndpoint     = "km_endpoint"
-	SkMsgMapKmEnrolCg      = "km_enrol_cg"
-	SkMsgMapKmEnrolNs      = "km_enrol_ns"
-	SkMsgMapKmEvents       = "km_events"
-	SkMsgMapKmFrontend     = "km_frontend"
-	SkMsgMapKmRr           = "km_rr"
-	SkMsgMapKmSock         = "km_sock"
-	SkMsgMapKmSockhash     = "km_sockhash"
-	SkMsgMapKmStats        = "km_stats"
-	SkMsgMapKmSvcActive    = "km_svc_active"
-	SkMsgMapKmSvcGen       = "km_svc_gen"
-	SkMsgProgKmSkMsg       = "km_sk_msg"
-	SkMsgVarKmHasSetRetval = "km_has_set_retval"
+	SkMsgMapKmAccelRx          = "km_accel_rx"
+	SkMsgMapKmBackend          = "km_backend"
+	SkMsgMapKmConfig           = "km_config"
+	SkMsgMapKmEndpoint         = "km_endpoint"
+	SkMsgMapKmEnrolCg          = "km_enrol_cg"
+	SkMsgMapKmEnrolNs          = "km_enrol_ns"
+	SkMsgMapKmEvents           = "km_events"
+	SkMsgMapKmFrontend         = "km_frontend"
+	SkMsgMapKmListen           = "km_listen"
+	SkMsgMapKmRr               = "km_rr"
+	SkMsgMapKmSock             = "km_sock"
+	SkMsgMapKmSockhash         = "km_sockhash"
+	SkMsgMapKmStats            = "km_stats"
+	SkMsgMapKmSvcActive        = "km_svc_active"
+	SkMsgMapKmSvcGen           = "km_svc_gen"
+	SkMsgProgKmSkMsg           = "km_sk_msg"
+	SkMsgVarKmHasSetRetval     = "km_has_set_retval"
+	SkMsgVarKmSockopsHasCgroup = "km_sockops_has_cgroup"
 )
 
 // LoadSkMsg returns the embedded CollectionSpec for SkMsg.
@@ -82,6 +85,7 @@ type SkMsgProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type SkMsgMapSpecs struct {
+	KmAccelRx   *ebpf.MapSpec `ebpf:"km_accel_rx"`
 	KmBackend   *ebpf.MapSpec `ebpf:"km_backend"`
 	KmConfig    *ebpf.MapSpec `ebpf:"km_config"`
 	KmEndpoint  *ebpf.MapSpec `ebpf:"km_endpoint"`
@@ -89,6 +93,7 @@ type SkMsgMapSpecs struct {
 	KmEnrolNs   *ebpf.MapSpec `ebpf:"km_enrol_ns"`
 	KmEvents    *ebpf.MapSpec `ebpf:"km_events"`
 	KmFrontend  *ebpf.MapSpec `ebpf:"km_frontend"`
+	KmListen    *ebpf.MapSpec `ebpf:"km_listen"`
 	KmRr        *ebpf.MapSpec `ebpf:"km_rr"`
 	KmSock      *ebpf.MapSpec `ebpf:"km_sock"`
 	KmSockhash  *ebpf.MapSpec `ebpf:"km_sockhash"`
@@ -101,7 +106,8 @@ type SkMsgMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type SkMsgVariableSpecs struct {
-	KmHasSetRetval *ebpf.VariableSpec `ebpf:"km_has_set_retval"`
+	KmHasSetRetval     *ebpf.VariableSpec `ebpf:"km_has_set_retval"`
+	KmSockopsHasCgroup *ebpf.VariableSpec `ebpf:"km_sockops_has_cgroup"`
 }
 
 // SkMsgObjects contains all objects after they have been loaded into the kernel.
@@ -124,6 +130,7 @@ func (o *SkMsgObjects) Close() error {
 //
 // It can be passed to LoadSkMsgObjects or ebpf.CollectionSpec.LoadAndAssign.
 type SkMsgMaps struct {
+	KmAccelRx   *ebpf.Map `ebpf:"km_accel_rx"`
 	KmBackend   *ebpf.Map `ebpf:"km_backend"`
 	KmConfig    *ebpf.Map `ebpf:"km_config"`
 	KmEndpoint  *ebpf.Map `ebpf:"km_endpoint"`
@@ -131,6 +138,7 @@ type SkMsgMaps struct {
 	KmEnrolNs   *ebpf.Map `ebpf:"km_enrol_ns"`
 	KmEvents    *ebpf.Map `ebpf:"km_events"`
 	KmFrontend  *ebpf.Map `ebpf:"km_frontend"`
+	KmListen    *ebpf.Map `ebpf:"km_listen"`
 	KmRr        *ebpf.Map `ebpf:"km_rr"`
 	KmSock      *ebpf.Map `ebpf:"km_sock"`
 	KmSockhash  *ebpf.Map `ebpf:"km_sockhash"`
@@ -141,6 +149,7 @@ type SkMsgMaps struct {
 
 func (m *SkMsgMaps) Close() error {
 	return _SkMsgClose(
+		m.KmAccelRx,
 		m.KmBackend,
 		m.KmConfig,
 		m.KmEndpoint,
@@ -148,6 +157,7 @@ func (m *SkMsgMaps) Close() error {
 		m.KmEnrolNs,
 		m.KmEvents,
 		m.KmFrontend,
+		m.KmListen,
 		m.KmRr,
 		m.KmSock,
 		m.KmSockhash,
@@ -161,7 +171,8 @@ func (m *SkMsgMaps) Close() error {
 //
 // It can be passed to LoadSkMsgObjects or ebpf.CollectionSpec.LoadAndAssign.
 type SkMsgVariables struct {
-	KmHasSetRetval *ebpf.Variable `ebpf:"km_has_set_retval"`
+	KmHasSetRetval     *ebpf.Variable `ebpf:"km_has_set_retval"`
+	KmSockopsHasCgroup *ebpf.Variable `ebpf:"km_sockops_has_cgroup"`
 }
 
 // SkMsgPrograms contains all programs after they have been loaded into the kernel.

@@ -52,6 +52,20 @@ type SockConnectKmFeVal struct {
 	Pad   uint16
 }
 
+type SockConnectKmListenKey struct {
+	_           structs.HostLayout
+	NetnsCookie uint64
+	Port        uint32
+	Pad         uint32
+}
+
+type SockConnectKmListenVal struct {
+	_          structs.HostLayout
+	WorkloadId uint32
+	Listeners  uint32
+	CgroupId   uint64
+}
+
 type SockConnectKmSlot struct {
 	_         structs.HostLayout
 	BackendId uint32
@@ -90,6 +104,7 @@ type SockConnectKmSockState struct {
 	CgroupId     uint64
 	StartNs      uint64
 	LastReportNs uint64
+	AccelTx      uint64
 }
 
 type SockConnectKmSvcKey struct {
@@ -113,24 +128,27 @@ type SockConnectKmSvcRec struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	SockConnectMapKmBackend       = "km_backend"
-	SockConnectMapKmConfig        = "km_config"
-	SockConnectMapKmEndpoint      = "km_endpoint"
-	SockConnectMapKmEnrolCg       = "km_enrol_cg"
-	SockConnectMapKmEnrolNs       = "km_enrol_ns"
-	SockConnectMapKmEvents        = "km_events"
-	SockConnectMapKmFrontend      = "km_frontend"
-	SockConnectMapKmRr            = "km_rr"
-	SockConnectMapKmSock          = "km_sock"
-	SockConnectMapKmSockhash      = "km_sockhash"
-	SockConnectMapKmStats         = "km_stats"
-	SockConnectMapKmSvcActive     = "km_svc_active"
-	SockConnectMapKmSvcGen        = "km_svc_gen"
-	SockConnectProgKmConnect4     = "km_connect4"
-	SockConnectProgKmConnect6     = "km_connect6"
-	SockConnectProgKmGetpeername4 = "km_getpeername4"
-	SockConnectProgKmGetpeername6 = "km_getpeername6"
-	SockConnectVarKmHasSetRetval  = "km_has_set_retval"
+	SockConnectMapKmAccelRx          = "km_accel_rx"
+	SockConnectMapKmBackend          = "km_backend"
+	SockConnectMapKmConfig           = "km_config"
+	SockConnectMapKmEndpoint         = "km_endpoint"
+	SockConnectMapKmEnrolCg          = "km_enrol_cg"
+	SockConnectMapKmEnrolNs          = "km_enrol_ns"
+	SockConnectMapKmEvents           = "km_events"
+	SockConnectMapKmFrontend         = "km_frontend"
+	SockConnectMapKmListen           = "km_listen"
+	SockConnectMapKmRr               = "km_rr"
+	SockConnectMapKmSock             = "km_sock"
+	SockConnectMapKmSockhash         = "km_sockhash"
+	SockConnectMapKmStats            = "km_stats"
+	SockConnectMapKmSvcActive        = "km_svc_active"
+	SockConnectMapKmSvcGen           = "km_svc_gen"
+	SockConnectProgKmConnect4        = "km_connect4"
+	SockConnectProgKmConnect6        = "km_connect6"
+	SockConnectProgKmGetpeername4    = "km_getpeername4"
+	SockConnectProgKmGetpeername6    = "km_getpeername6"
+	SockConnectVarKmHasSetRetval     = "km_has_set_retval"
+	SockConnectVarKmSockopsHasCgroup = "km_sockops_has_cgroup"
 )
 
 // LoadSockConnect returns the embedded CollectionSpec for SockConnect.
@@ -185,6 +203,7 @@ type SockConnectProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type SockConnectMapSpecs struct {
+	KmAccelRx   *ebpf.MapSpec `ebpf:"km_accel_rx"`
 	KmBackend   *ebpf.MapSpec `ebpf:"km_backend"`
 	KmConfig    *ebpf.MapSpec `ebpf:"km_config"`
 	KmEndpoint  *ebpf.MapSpec `ebpf:"km_endpoint"`
@@ -192,6 +211,7 @@ type SockConnectMapSpecs struct {
 	KmEnrolNs   *ebpf.MapSpec `ebpf:"km_enrol_ns"`
 	KmEvents    *ebpf.MapSpec `ebpf:"km_events"`
 	KmFrontend  *ebpf.MapSpec `ebpf:"km_frontend"`
+	KmListen    *ebpf.MapSpec `ebpf:"km_listen"`
 	KmRr        *ebpf.MapSpec `ebpf:"km_rr"`
 	KmSock      *ebpf.MapSpec `ebpf:"km_sock"`
 	KmSockhash  *ebpf.MapSpec `ebpf:"km_sockhash"`
@@ -204,7 +224,8 @@ type SockConnectMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type SockConnectVariableSpecs struct {
-	KmHasSetRetval *ebpf.VariableSpec `ebpf:"km_has_set_retval"`
+	KmHasSetRetval     *ebpf.VariableSpec `ebpf:"km_has_set_retval"`
+	KmSockopsHasCgroup *ebpf.VariableSpec `ebpf:"km_sockops_has_cgroup"`
 }
 
 // SockConnectObjects contains all objects after they have been loaded into the kernel.
@@ -227,6 +248,7 @@ func (o *SockConnectObjects) Close() error {
 //
 // It can be passed to LoadSockConnectObjects or ebpf.CollectionSpec.LoadAndAssign.
 type SockConnectMaps struct {
+	KmAccelRx   *ebpf.Map `ebpf:"km_accel_rx"`
 	KmBackend   *ebpf.Map `ebpf:"km_backend"`
 	KmConfig    *ebpf.Map `ebpf:"km_config"`
 	KmEndpoint  *ebpf.Map `ebpf:"km_endpoint"`
@@ -234,6 +256,7 @@ type SockConnectMaps struct {
 	KmEnrolNs   *ebpf.Map `ebpf:"km_enrol_ns"`
 	KmEvents    *ebpf.Map `ebpf:"km_events"`
 	KmFrontend  *ebpf.Map `ebpf:"km_frontend"`
+	KmListen    *ebpf.Map `ebpf:"km_listen"`
 	KmRr        *ebpf.Map `ebpf:"km_rr"`
 	KmSock      *ebpf.Map `ebpf:"km_sock"`
 	KmSockhash  *ebpf.Map `ebpf:"km_sockhash"`
@@ -244,6 +267,7 @@ type SockConnectMaps struct {
 
 func (m *SockConnectMaps) Close() error {
 	return _SockConnectClose(
+		m.KmAccelRx,
 		m.KmBackend,
 		m.KmConfig,
 		m.KmEndpoint,
@@ -251,6 +275,7 @@ func (m *SockConnectMaps) Close() error {
 		m.KmEnrolNs,
 		m.KmEvents,
 		m.KmFrontend,
+		m.KmListen,
 		m.KmRr,
 		m.KmSock,
 		m.KmSockhash,
@@ -264,7 +289,8 @@ func (m *SockConnectMaps) Close() error {
 //
 // It can be passed to LoadSockConnectObjects or ebpf.CollectionSpec.LoadAndAssign.
 type SockConnectVariables struct {
-	KmHasSetRetval *ebpf.Variable `ebpf:"km_has_set_retval"`
+	KmHasSetRetval     *ebpf.Variable `ebpf:"km_has_set_retval"`
+	KmSockopsHasCgroup *ebpf.Variable `ebpf:"km_sockops_has_cgroup"`
 }
 
 // SockConnectPrograms contains all programs after they have been loaded into the kernel.

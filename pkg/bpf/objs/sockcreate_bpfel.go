@@ -16,21 +16,24 @@ import (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	SockCreateMapKmBackend      = "km_backend"
-	SockCreateMapKmConfig       = "km_config"
-	SockCreateMapKmEndpoint     = "km_endpoint"
-	SockCreateMapKmEnrolCg      = "km_enrol_cg"
-	SockCreateMapKmEnrolNs      = "km_enrol_ns"
-	SockCreateMapKmEvents       = "km_events"
-	SockCreateMapKmFrontend     = "km_frontend"
-	SockCreateMapKmRr           = "km_rr"
-	SockCreateMapKmSock         = "km_sock"
-	SockCreateMapKmSockhash     = "km_sockhash"
-	SockCreateMapKmStats        = "km_stats"
-	SockCreateMapKmSvcActive    = "km_svc_active"
-	SockCreateMapKmSvcGen       = "km_svc_gen"
-	SockCreateProgKmSockCreate  = "km_sock_create"
-	SockCreateVarKmHasSetRetval = "km_has_set_retval"
+	SockCreateMapKmAccelRx          = "km_accel_rx"
+	SockCreateMapKmBackend          = "km_backend"
+	SockCreateMapKmConfig           = "km_config"
+	SockCreateMapKmEndpoint         = "km_endpoint"
+	SockCreateMapKmEnrolCg          = "km_enrol_cg"
+	SockCreateMapKmEnrolNs          = "km_enrol_ns"
+	SockCreateMapKmEvents           = "km_events"
+	SockCreateMapKmFrontend         = "km_frontend"
+	SockCreateMapKmListen           = "km_listen"
+	SockCreateMapKmRr               = "km_rr"
+	SockCreateMapKmSock             = "km_sock"
+	SockCreateMapKmSockhash         = "km_sockhash"
+	SockCreateMapKmStats            = "km_stats"
+	SockCreateMapKmSvcActive        = "km_svc_active"
+	SockCreateMapKmSvcGen           = "km_svc_gen"
+	SockCreateProgKmSockCreate      = "km_sock_create"
+	SockCreateVarKmHasSetRetval     = "km_has_set_retval"
+	SockCreateVarKmSockopsHasCgroup = "km_sockops_has_cgroup"
 )
 
 // LoadSockCreate returns the embedded CollectionSpec for SockCreate.
@@ -82,6 +85,7 @@ type SockCreateProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type SockCreateMapSpecs struct {
+	KmAccelRx   *ebpf.MapSpec `ebpf:"km_accel_rx"`
 	KmBackend   *ebpf.MapSpec `ebpf:"km_backend"`
 	KmConfig    *ebpf.MapSpec `ebpf:"km_config"`
 	KmEndpoint  *ebpf.MapSpec `ebpf:"km_endpoint"`
@@ -89,6 +93,7 @@ type SockCreateMapSpecs struct {
 	KmEnrolNs   *ebpf.MapSpec `ebpf:"km_enrol_ns"`
 	KmEvents    *ebpf.MapSpec `ebpf:"km_events"`
 	KmFrontend  *ebpf.MapSpec `ebpf:"km_frontend"`
+	KmListen    *ebpf.MapSpec `ebpf:"km_listen"`
 	KmRr        *ebpf.MapSpec `ebpf:"km_rr"`
 	KmSock      *ebpf.MapSpec `ebpf:"km_sock"`
 	KmSockhash  *ebpf.MapSpec `ebpf:"km_sockhash"`
@@ -101,7 +106,8 @@ type SockCreateMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type SockCreateVariableSpecs struct {
-	KmHasSetRetval *ebpf.VariableSpec `ebpf:"km_has_set_retval"`
+	KmHasSetRetval     *ebpf.VariableSpec `ebpf:"km_has_set_retval"`
+	KmSockopsHasCgroup *ebpf.VariableSpec `ebpf:"km_sockops_has_cgroup"`
 }
 
 // SockCreateObjects contains all objects after they have been loaded into the kernel.
@@ -124,6 +130,7 @@ func (o *SockCreateObjects) Close() error {
 //
 // It can be passed to LoadSockCreateObjects or ebpf.CollectionSpec.LoadAndAssign.
 type SockCreateMaps struct {
+	KmAccelRx   *ebpf.Map `ebpf:"km_accel_rx"`
 	KmBackend   *ebpf.Map `ebpf:"km_backend"`
 	KmConfig    *ebpf.Map `ebpf:"km_config"`
 	KmEndpoint  *ebpf.Map `ebpf:"km_endpoint"`
@@ -131,6 +138,7 @@ type SockCreateMaps struct {
 	KmEnrolNs   *ebpf.Map `ebpf:"km_enrol_ns"`
 	KmEvents    *ebpf.Map `ebpf:"km_events"`
 	KmFrontend  *ebpf.Map `ebpf:"km_frontend"`
+	KmListen    *ebpf.Map `ebpf:"km_listen"`
 	KmRr        *ebpf.Map `ebpf:"km_rr"`
 	KmSock      *ebpf.Map `ebpf:"km_sock"`
 	KmSockhash  *ebpf.Map `ebpf:"km_sockhash"`
@@ -141,6 +149,7 @@ type SockCreateMaps struct {
 
 func (m *SockCreateMaps) Close() error {
 	return _SockCreateClose(
+		m.KmAccelRx,
 		m.KmBackend,
 		m.KmConfig,
 		m.KmEndpoint,
@@ -148,6 +157,7 @@ func (m *SockCreateMaps) Close() error {
 		m.KmEnrolNs,
 		m.KmEvents,
 		m.KmFrontend,
+		m.KmListen,
 		m.KmRr,
 		m.KmSock,
 		m.KmSockhash,
@@ -161,7 +171,8 @@ func (m *SockCreateMaps) Close() error {
 //
 // It can be passed to LoadSockCreateObjects or ebpf.CollectionSpec.LoadAndAssign.
 type SockCreateVariables struct {
-	KmHasSetRetval *ebpf.Variable `ebpf:"km_has_set_retval"`
+	KmHasSetRetval     *ebpf.Variable `ebpf:"km_has_set_retval"`
+	KmSockopsHasCgroup *ebpf.Variable `ebpf:"km_sockops_has_cgroup"`
 }
 
 // SockCreatePrograms contains all programs after they have been loaded into the kernel.

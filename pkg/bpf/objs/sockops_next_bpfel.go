@@ -44,21 +44,24 @@ type SockopsKmConnEvent struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	SockopsMapKmBackend      = "km_backend"
-	SockopsMapKmConfig       = "km_config"
-	SockopsMapKmEndpoint     = "km_endpoint"
-	SockopsMapKmEnrolCg      = "km_enrol_cg"
-	SockopsMapKmEnrolNs      = "km_enrol_ns"
-	SockopsMapKmEvents       = "km_events"
-	SockopsMapKmFrontend     = "km_frontend"
-	SockopsMapKmRr           = "km_rr"
-	SockopsMapKmSock         = "km_sock"
-	SockopsMapKmSockhash     = "km_sockhash"
-	SockopsMapKmStats        = "km_stats"
-	SockopsMapKmSvcActive    = "km_svc_active"
-	SockopsMapKmSvcGen       = "km_svc_gen"
-	SockopsProgKmSockops     = "km_sockops"
-	SockopsVarKmHasSetRetval = "km_has_set_retval"
+	SockopsMapKmAccelRx          = "km_accel_rx"
+	SockopsMapKmBackend          = "km_backend"
+	SockopsMapKmConfig           = "km_config"
+	SockopsMapKmEndpoint         = "km_endpoint"
+	SockopsMapKmEnrolCg          = "km_enrol_cg"
+	SockopsMapKmEnrolNs          = "km_enrol_ns"
+	SockopsMapKmEvents           = "km_events"
+	SockopsMapKmFrontend         = "km_frontend"
+	SockopsMapKmListen           = "km_listen"
+	SockopsMapKmRr               = "km_rr"
+	SockopsMapKmSock             = "km_sock"
+	SockopsMapKmSockhash         = "km_sockhash"
+	SockopsMapKmStats            = "km_stats"
+	SockopsMapKmSvcActive        = "km_svc_active"
+	SockopsMapKmSvcGen           = "km_svc_gen"
+	SockopsProgKmSockops         = "km_sockops"
+	SockopsVarKmHasSetRetval     = "km_has_set_retval"
+	SockopsVarKmSockopsHasCgroup = "km_sockops_has_cgroup"
 )
 
 // LoadSockops returns the embedded CollectionSpec for Sockops.
@@ -110,6 +113,7 @@ type SockopsProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type SockopsMapSpecs struct {
+	KmAccelRx   *ebpf.MapSpec `ebpf:"km_accel_rx"`
 	KmBackend   *ebpf.MapSpec `ebpf:"km_backend"`
 	KmConfig    *ebpf.MapSpec `ebpf:"km_config"`
 	KmEndpoint  *ebpf.MapSpec `ebpf:"km_endpoint"`
@@ -117,6 +121,7 @@ type SockopsMapSpecs struct {
 	KmEnrolNs   *ebpf.MapSpec `ebpf:"km_enrol_ns"`
 	KmEvents    *ebpf.MapSpec `ebpf:"km_events"`
 	KmFrontend  *ebpf.MapSpec `ebpf:"km_frontend"`
+	KmListen    *ebpf.MapSpec `ebpf:"km_listen"`
 	KmRr        *ebpf.MapSpec `ebpf:"km_rr"`
 	KmSock      *ebpf.MapSpec `ebpf:"km_sock"`
 	KmSockhash  *ebpf.MapSpec `ebpf:"km_sockhash"`
@@ -129,7 +134,8 @@ type SockopsMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type SockopsVariableSpecs struct {
-	KmHasSetRetval *ebpf.VariableSpec `ebpf:"km_has_set_retval"`
+	KmHasSetRetval     *ebpf.VariableSpec `ebpf:"km_has_set_retval"`
+	KmSockopsHasCgroup *ebpf.VariableSpec `ebpf:"km_sockops_has_cgroup"`
 }
 
 // SockopsObjects contains all objects after they have been loaded into the kernel.
@@ -152,6 +158,7 @@ func (o *SockopsObjects) Close() error {
 //
 // It can be passed to LoadSockopsObjects or ebpf.CollectionSpec.LoadAndAssign.
 type SockopsMaps struct {
+	KmAccelRx   *ebpf.Map `ebpf:"km_accel_rx"`
 	KmBackend   *ebpf.Map `ebpf:"km_backend"`
 	KmConfig    *ebpf.Map `ebpf:"km_config"`
 	KmEndpoint  *ebpf.Map `ebpf:"km_endpoint"`
@@ -159,6 +166,7 @@ type SockopsMaps struct {
 	KmEnrolNs   *ebpf.Map `ebpf:"km_enrol_ns"`
 	KmEvents    *ebpf.Map `ebpf:"km_events"`
 	KmFrontend  *ebpf.Map `ebpf:"km_frontend"`
+	KmListen    *ebpf.Map `ebpf:"km_listen"`
 	KmRr        *ebpf.Map `ebpf:"km_rr"`
 	KmSock      *ebpf.Map `ebpf:"km_sock"`
 	KmSockhash  *ebpf.Map `ebpf:"km_sockhash"`
@@ -169,6 +177,7 @@ type SockopsMaps struct {
 
 func (m *SockopsMaps) Close() error {
 	return _SockopsClose(
+		m.KmAccelRx,
 		m.KmBackend,
 		m.KmConfig,
 		m.KmEndpoint,
@@ -176,6 +185,7 @@ func (m *SockopsMaps) Close() error {
 		m.KmEnrolNs,
 		m.KmEvents,
 		m.KmFrontend,
+		m.KmListen,
 		m.KmRr,
 		m.KmSock,
 		m.KmSockhash,
@@ -189,7 +199,8 @@ func (m *SockopsMaps) Close() error {
 //
 // It can be passed to LoadSockopsObjects or ebpf.CollectionSpec.LoadAndAssign.
 type SockopsVariables struct {
-	KmHasSetRetval *ebpf.Variable `ebpf:"km_has_set_retval"`
+	KmHasSetRetval     *ebpf.Variable `ebpf:"km_has_set_retval"`
+	KmSockopsHasCgroup *ebpf.Variable `ebpf:"km_sockops_has_cgroup"`
 }
 
 // SockopsPrograms contains all programs after they have been loaded into the kernel.

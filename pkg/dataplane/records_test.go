@@ -1,0 +1,148 @@
+package dataplane
+
+import (
+	"errors"
+	"net/netip"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/kmesh-go/kmesh/pkg/bpf"
+	"github.com/kmesh-go/kmesh/pkg/model"
+	"github.com/kmesh-go/kmesh/pkg/testutil"
+)
+
+// TestConnectionRecords streams over one connection through a VIP to an
+// enrolled local backend and checks the records of both ends: OPEN, PERIODIC
+// while it lasts, CLOSE with exact byte counts; with acceleration the data
+// is redirected by sk_msg (and still counted).
+func TestConnectionRecords(t *testing.T) {
+	for _, accel := range []bool{false, true} {
+		name := "Plain"
+		if accel {
+			name = "Accelerated"
+		}
+		t.Run(name, func(t *testing.T) { testRecords(t, accel) })
+	}
+}
+
+func testRecords(t *testing.T, accel bool) {
+	e := newEnv(t, func(o *Options) { o.Accel = accel; o.ReportInterval = 100 * time.Millisecond })
+	srv := e.attach.Child(t, "srv-")
+	vip := netip.MustParseAddr("10.96.0.30")
+	be := e.be[0]
+	snap := &model.Snapshot{
+		Services: []model.Service{{Key: "default/acc", VIPs: []netip.Addr{vip}, Ports: []model.ServicePort{{Port: 70, TargetPort: 7070}}}},
+		Workloads: []model.Workload{e.clientWorkload(), {UID: "uid-acc", Addresses: []netip.Addr{be.IP4}, Healthy: true,
+			Services: map[string][]model.WorkloadPort{"default/acc": nil}, Enrolment: &model.Enrolment{CgroupPath: srv.Path}}},
+	}
+	e.apply(snap)
+	// Without acceleration the server is a Go default listener (MPTCP where
+	// the kernel has it): recognised through km_listen. Acceleration needs
+	// plain TCP sockets on both ends.
+	startServer(t, srv, be.NS, "[::]:7070", "acc", accel)
+	rd, err := e.dp.Events()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rd.Close()
+
+	dur := 600 * time.Millisecond
+	var res streamResult
+	testutil.RunHelper(t, "stream", streamArgs{Addr: "10.96.0.30:70", Chunk: 4096, Duration: dur},
+		testutil.HelperOptions{Netns: e.cl.NS, Cgroup: e.client}, &res)
+	if res.ID != "acc" || res.Peer != "10.96.0.30:70" || res.Sent == 0 {
+		t.Fatalf("stream: %+v", res)
+	}
+	clientAddr := netip.MustParseAddrPort(res.Local)
+	backendAddr := netip.AddrPortFrom(be.IP4, 7070)
+
+	var client, server []ConnEvent
+	deadline := time.Now().Add(10 * time.Second)
+	for !(hasClose(client) && hasClose(server)) {
+		rd.SetDeadline(deadline)
+		ev, err := rd.Read()
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("records missing: client %+v server %+v", client, server)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch {
+		case ev.Local == clientAddr:
+			client = append(client, ev)
+		case ev.Local == backendAddr && ev.Remote == clientAddr:
+			server = append(server, ev)
+		}
+	}
+	svcID, _ := e.dp.svcIDs.lookup("default/acc")
+	clID, _ := e.dp.wlIDs.lookup("uid-client")
+	beID, _ := e.dp.wlIDs.lookup("uid-acc")
+
+	check := func(side string, evs []ConnEvent, dir Direction, src, dst uint32, sent, recv int64) {
+		t.Helper()
+		if evs[0].Type != EventOpen || evs[len(evs)-1].Type != EventClose {
+			t.Fatalf("%s: records %v, want OPEN ... CLOSE", side, types(evs))
+		}
+		periodic := 0
+		for _, ev := range evs {
+			if ev.Direction != dir || ev.SrcWorkloadID != src || ev.DstWorkloadID != dst || ev.Accelerated != accel {
+				t.Fatalf("%s: %+v (want direction %d, workloads %d->%d, accelerated %v)", side, ev, dir, src, dst, accel)
+			}
+			if ev.Type == EventPeriodic {
+				periodic++
+			}
+		}
+		last := evs[len(evs)-1]
+		t.Logf("%s: %v; close: sent %d received %d srtt %v duration %v", side, types(evs), last.BytesSent, last.BytesReceived, last.SRTT, last.Duration())
+		if periodic == 0 {
+			t.Errorf("%s: no PERIODIC record during a %v connection with a 100ms interval", side, dur)
+		}
+		if int64(last.BytesSent) != sent || int64(last.BytesReceived) != recv {
+			t.Errorf("%s: close record counts sent %d received %d, want %d and %d", side, last.BytesSent, last.BytesReceived, sent, recv)
+		}
+		if d := last.Duration(); d < dur || d > dur+5*time.Second {
+			t.Errorf("%s: duration %v, the stream lasted >= %v", side, d, dur)
+		}
+	}
+	check("client", client, DirectionOutbound, clID, beID, res.Sent, res.Received)
+	check("server", server, DirectionInbound, beID, 0, res.Received, res.Sent)
+	open := client[0]
+	if open.Original != netip.AddrPortFrom(vip, 70) || open.Remote != backendAddr || open.ServiceID != svcID {
+		t.Fatalf("client OPEN: original %v remote %v service %d, want %v %v %d", open.Original, open.Remote, open.ServiceID, netip.AddrPortFrom(vip, 70), backendAddr, svcID)
+	}
+	if key, _ := e.dp.ServiceKey(open.ServiceID); key != "default/acc" {
+		t.Fatalf("service id %d resolves to %q", open.ServiceID, key)
+	}
+	if server[0].Original.IsValid() || server[0].ServiceID != 0 {
+		t.Fatalf("server records carry no VIP: %+v", server[0])
+	}
+	if open.Cookie == 0 || open.NetnsCookie == 0 || open.CgroupID == 0 {
+		t.Fatalf("client OPEN lacks ids: %+v", open)
+	}
+	if !accel && client[len(client)-1].SRTT == 0 {
+		t.Errorf("client CLOSE without srtt")
+	}
+	st := stats(t, e.dp)
+	if accel && (st[bpf.StatAccelRedirect] == 0 || st[bpf.StatAccelInsert] < 2) {
+		t.Fatalf("acceleration on, but stats %v", st)
+	}
+	if !accel && st[bpf.StatAccelRedirect] != 0 {
+		t.Fatalf("acceleration off, but stats %v", st)
+	}
+	if st[bpf.StatEventsDropped] != 0 {
+		t.Fatalf("records dropped: %v", st)
+	}
+}
+
+func hasClose(evs []ConnEvent) bool {
+	return len(evs) > 0 && evs[len(evs)-1].Type == EventClose
+}
+
+func types(evs []ConnEvent) []string {
+	var out []string
+	for _, ev := range evs {
+		out = append(out, map[EventType]string{EventOpen: "OPEN", EventClose: "CLOSE", EventPeriodic: "PERIODIC"}[ev.Type])
+	}
+	return out
+}
