@@ -126,9 +126,9 @@ func (r *EventReader) decode(raw *bpf.ConnEventRaw) ConnEvent {
 		Type: EventType(raw.Type), Direction: Direction(raw.Direction),
 		Time: r.wall(raw.TsNs), Start: r.wall(raw.StartNs),
 		Cookie: raw.SockCookie, NetnsCookie: raw.NetnsCookie, CgroupID: raw.CgroupId,
-		Local:         netip.AddrPortFrom(addrFrom16(raw.LocalAddr), raw.LocalPort),
-		Remote:        netip.AddrPortFrom(addrFrom16(raw.RemoteAddr), raw.RemotePort),
-		ServiceID:     raw.SvcId, SrcWorkloadID: raw.SrcWorkload, DstWorkloadID: raw.DstWorkload,
+		Local:     netip.AddrPortFrom(addrFrom16(raw.LocalAddr), raw.LocalPort),
+		Remote:    netip.AddrPortFrom(addrFrom16(raw.RemoteAddr), raw.RemotePort),
+		ServiceID: raw.SvcId, SrcWorkloadID: raw.SrcWorkload, DstWorkloadID: raw.DstWorkload,
 		BytesSent: raw.BytesSent, BytesReceived: raw.BytesReceived, Retransmits: raw.TotalRetrans,
 		SRTT:        time.Duration(raw.SrttUs) * time.Microsecond,
 		Accelerated: raw.Flags&bpf.SockAccel != 0,
@@ -138,4 +138,3 @@ func (r *EventReader) decode(raw *bpf.ConnEventRaw) ConnEvent {
 	}
 	return ev
 }
-

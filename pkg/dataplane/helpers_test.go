@@ -17,7 +17,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-
 	"github.com/kmesh-go/kmesh/pkg/testutil"
 )
 

@@ -9,6 +9,7 @@ import (
 
 	"github.com/kmesh-go/kmesh/pkg/bpf"
 	"github.com/kmesh-go/kmesh/pkg/model"
+	"github.com/kmesh-go/kmesh/pkg/probe"
 	"github.com/kmesh-go/kmesh/pkg/testutil"
 )
 
@@ -38,9 +39,16 @@ func testRecords(t *testing.T, accel bool) {
 	}
 	e.apply(snap)
 	// Without acceleration the server is a Go default listener (MPTCP where
-	// the kernel has it): recognised through km_listen. Acceleration needs
-	// plain TCP sockets on both ends.
-	startServer(t, srv, be.NS, "[::]:7070", "acc", accel)
+	// the kernel has it), recognised through km_listen by its process's
+	// cgroup, which needs cgroup helpers in sock_ops; kernels without them
+	// recognise only plain TCP listeners (their socket storage). Acceleration
+	// needs plain TCP sockets on both ends.
+	plainTCP := accel
+	if err := probe.HaveSockopsCurrentCgroup(); err != nil {
+		t.Logf("sock_ops cannot read the current cgroup (%v): the server uses a plain TCP listener", err)
+		plainTCP = true
+	}
+	startServer(t, srv, be.NS, "[::]:7070", "acc", plainTCP)
 	rd, err := e.dp.Events()
 	if err != nil {
 		t.Fatal(err)
