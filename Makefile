@@ -159,7 +159,7 @@ fuzz-go-smoke:
 demo: deps build
 	$(GO) run ./test/e2e/demo $(if $(MODE),-mode $(MODE))
 
-# Full side-by-side run (manual; ~45 min with the defaults): results, table and
+# Full side-by-side run (manual; about an hour with the defaults): results, table and
 # plots in docs/bench/. Extra flags: make bench BENCH_FLAGS='-repeat 5 -note "..."'.
 bench: deps build
 	$(GO) run ./bench/cmd/bench -out docs/bench $(BENCH_FLAGS)

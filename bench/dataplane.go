@@ -1,6 +1,170 @@
 package bench
 
-// dataplaneScenarios are the kmesh dual-engine scenarios (connect-time load
-// balancing through a service VIP, and the same with same-node sk_msg
-// acceleration). They plug in here once pkg/dataplane lands on main.
-func dataplaneScenarios() []Scenario { return nil }
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+
+	"github.com/kmesh-go/kmesh/bench/load"
+	"github.com/kmesh-go/kmesh/bench/netlab"
+	"github.com/kmesh-go/kmesh/bench/proxy"
+	"github.com/kmesh-go/kmesh/bench/report"
+	"github.com/kmesh-go/kmesh/pkg/bpf"
+	"github.com/kmesh-go/kmesh/pkg/dataplane"
+	"github.com/kmesh-go/kmesh/pkg/model"
+	"github.com/kmesh-go/kmesh/pkg/probe"
+)
+
+// dataplaneScenarios are kmesh's dual-engine L4 scenarios, driven through the
+// pkg/dataplane Go API exactly as kmeshd drives it: connect-time load
+// balancing through a service VIP (scenario 2), and the same with same-node
+// sk_msg acceleration (scenario 3).
+func dataplaneScenarios() []Scenario {
+	return []Scenario{
+		&dualEngine{vip: netip.MustParseAddr("10.96.0.10"), base: 9080},
+		&dualEngine{accel: true, vip: netip.MustParseAddr("10.96.0.11"), base: 9180},
+	}
+}
+
+// dualEngine owns one dataplane instance attached to a cgroup of its own;
+// the client runs in one child cgroup and a server instance of its own in
+// another, so its BPF programs see only its traffic and no other scenario
+// pays for them. The VIP is routed nowhere: a connect() that the program does not
+// rewrite fails, so a passing path check proves the dataplane is in the path.
+type dualEngine struct {
+	accel    bool
+	vip      netip.Addr
+	base     uint16 // the scenario's server listens on base (http) and base+1 (tcp)
+	clientCg string
+	dp       *dataplane.Dataplane
+}
+
+const echoService = "bench/echo"
+
+func (d *dualEngine) name() string {
+	if d.accel {
+		return report.DualEngineAccel
+	}
+	return report.DualEngine
+}
+
+func (d *dualEngine) Info() report.ScenarioInfo {
+	if d.accel {
+		return report.ScenarioInfo{Name: d.name(), Title: "dual-engine + same-node acceleration", Protos: both,
+			Description: fmt.Sprintf("client → service VIP %s, rewritten at connect(); payload bytes between the two enrolled local sockets redirected by sk_msg, bypassing TCP/IP (kmesh, pkg/dataplane Accel)", d.vip)}
+	}
+	return report.ScenarioInfo{Name: d.name(), Title: "dual-engine (connect-time LB)", Protos: both,
+		Description: fmt.Sprintf("client → service VIP %s, rewritten to the server at connect() by kmesh's cgroup programs; no proxy; sockops tracks both ends (kmesh, pkg/dataplane)", d.vip)}
+}
+
+func (d *dualEngine) Available(e *Env) error {
+	if e.Lab.Cgroup == "" {
+		return fmt.Errorf("needs cgroup v2 (the dataplane attaches to a cgroup)")
+	}
+	return nil
+}
+
+func (d *dualEngine) Setup(ctx context.Context, e *Env) error {
+	name := d.name()
+	attach, err := e.Lab.SubCgroup(name)
+	if err != nil {
+		return err
+	}
+	if d.clientCg, err = e.Lab.SubCgroup(filepath.Join(name, "client")); err != nil {
+		return err
+	}
+	serverCg, err := e.Lab.SubCgroup(filepath.Join(name, "server"))
+	if err != nil {
+		return err
+	}
+	if err := probe.EnsureBPFFS(probe.DefaultBPFFS); err != nil {
+		return err
+	}
+	logf, err := os.Create(filepath.Join(e.Lab.Dir, name+"-dataplane.log"))
+	if err != nil {
+		return err
+	}
+	e.Lab.Defer("close "+logf.Name(), logf.Close)
+	bopts := bpf.Options{PinDir: filepath.Join(probe.DefaultBPFFS, e.Lab.Name(name)), Cgroup: attach}
+	// Registered before Open so a half-done load is removed too; cleanups run
+	// in reverse, so the dataplane is closed, then uninstalled, then the
+	// cgroups go.
+	e.Lab.Defer("uninstall dataplane "+bopts.PinDir, func() error { return bpf.Uninstall(bopts) })
+	dp, err := dataplane.Open(dataplane.Options{
+		BPF: bopts, StateDir: filepath.Join(e.Lab.Dir, name+"-state"), Accel: d.accel,
+		Logger: slog.New(slog.NewTextHandler(logf, &slog.HandlerOptions{Level: slog.LevelInfo})),
+	})
+	if err != nil {
+		return fmt.Errorf("dataplane: %w", err)
+	}
+	e.Lab.Defer("close dataplane "+name, dp.Close)
+	d.dp = dp
+
+	// Pods are enrolled by network namespace, as a node agent enrols pods.
+	// The programs only run for sockets under this scenario's cgroup, so the
+	// other scenarios' processes in the same namespaces are not affected.
+	snap := &model.Snapshot{
+		Version: "bench-" + name,
+		Services: []model.Service{{Key: echoService, Name: "echo", Namespace: "bench", VIPs: []netip.Addr{d.vip},
+			Ports: []model.ServicePort{{Name: "http", Port: 80, TargetPort: d.base}, {Name: "tcp", Port: 81, TargetPort: d.base + 1}}}},
+		Workloads: []model.Workload{
+			{UID: "bench/server", Name: "server", Namespace: "bench", Addresses: []netip.Addr{e.Server.IP}, Healthy: true,
+				Services: map[string][]model.WorkloadPort{echoService: nil}, Enrolment: &model.Enrolment{NetnsPath: e.Server.NS.Path()}},
+			{UID: "bench/client", Name: "client", Namespace: "bench", Addresses: []netip.Addr{e.Client.IP}, Healthy: true,
+				Enrolment: &model.Enrolment{NetnsPath: e.Client.NS.Path()}},
+		},
+	}
+	if err := dp.Apply(ctx, snap); err != nil {
+		return fmt.Errorf("dataplane apply: %w", err)
+	}
+	// The scenario's own server instance (same binary as everyone's), enrolled
+	// so that both ends of every connection are meshed, as in a real node. It
+	// starts after Apply: sockets inherit enrolment when they are created, so
+	// the listeners must be created in an already enrolled cgroup.
+	srv, err := e.Lab.Start(netlab.Cmd{Name: name + "-server", Netns: e.Server.NS, CPUs: e.Placement.NodeB, Cgroup: serverCg,
+		Args: []string{e.Self, RoleServe, "-http", fmt.Sprintf(":%d", d.base), "-tcp", fmt.Sprintf(":%d", d.base+1)}})
+	if err != nil {
+		return err
+	}
+	for _, port := range []uint16{d.base, d.base + 1} {
+		if err := netlab.WaitListening(ctx, e.Server.NS, netip.AddrPortFrom(e.Server.IP, port).String(), srv, proxy.ReadyTimeout); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (d *dualEngine) Target(p load.Proto) Target {
+	port := uint16(80)
+	if p == load.TCP {
+		port = 81
+	}
+	return Target{Addr: netip.AddrPortFrom(d.vip, port), Cgroup: d.clientCg}
+}
+
+// Check reads the dataplane's own counters: connections must have been
+// load-balanced at connect(), and with acceleration, messages must have been
+// redirected by sk_msg. Otherwise the scenario measured something else.
+func (d *dualEngine) Check(*Env) (string, error) {
+	if d.dp == nil {
+		return "", fmt.Errorf("dataplane not set up")
+	}
+	st, err := d.dp.Stats()
+	if err != nil {
+		return "", fmt.Errorf("reading dataplane counters: %w", err)
+	}
+	evidence := fmt.Sprintf("kernel counters: %s=%d %s=%d %s=%d %s=%d", bpf.StatConnectLB, st[bpf.StatConnectLB],
+		bpf.StatLookupMiss, st[bpf.StatLookupMiss], bpf.StatAccelInsert, st[bpf.StatAccelInsert], bpf.StatAccelRedirect, st[bpf.StatAccelRedirect])
+	switch {
+	case st[bpf.StatConnectLB] == 0:
+		return evidence, fmt.Errorf("no connection was load-balanced by the dataplane")
+	case d.accel && st[bpf.StatAccelRedirect] == 0:
+		return evidence, fmt.Errorf("sk_msg redirected nothing: same-node acceleration was not in effect")
+	case !d.accel && st[bpf.StatAccelRedirect] != 0:
+		return evidence, fmt.Errorf("sk_msg redirected data although acceleration is off")
+	}
+	return evidence, nil
+}
