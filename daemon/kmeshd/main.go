@@ -17,10 +17,12 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/kmesh-go/kmesh/pkg/controlplane"
 	"github.com/kmesh-go/kmesh/pkg/daemon"
 	"github.com/kmesh-go/kmesh/pkg/dataplane"
 	"github.com/kmesh-go/kmesh/pkg/probe"
 	"github.com/kmesh-go/kmesh/pkg/version"
+	"github.com/kmesh-go/kmesh/pkg/xdssource"
 )
 
 type flags struct {
@@ -28,6 +30,7 @@ type flags struct {
 	logLevel  string
 	logFormat string
 	modelFile string
+	xds       xdssource.Options
 }
 
 func parseFlags(args []string) (*flags, error) {
@@ -44,6 +47,11 @@ func parseFlags(args []string) (*flags, error) {
 	fs.DurationVar(&f.opts.ReportInterval, "report-interval", 0, "periodic connection records for long-lived connections (0 = off)")
 	fs.BoolVar(&f.opts.BPFStats, "bpf-stats", false, "keep BPF run-time accounting on (per-program cost for metrics)")
 	fs.StringVar(&f.modelFile, "model-file", "", "debugging/test source: apply a model.Snapshot from this JSON/YAML file, re-applied on change")
+	fs.StringVar(&f.xds.XDSAddress, "xds-address", "", "xDS server (istiod, e.g. istiod.istio-system.svc:15012); default: the embedded control plane serving --config")
+	fs.StringVar(&f.xds.XDSCA, "xds-ca", "", "PEM root certificate of the xDS server (TLS when set; plaintext otherwise, for local servers)")
+	fs.StringVar(&f.xds.XDSToken, "xds-token-file", "", "bearer token file sent to the xDS server (re-read per stream)")
+	fs.StringVar(&f.xds.ConfigFile, "config", "", "mesh file served by the embedded control plane (default "+xdssource.DefaultConfig+"; see docs/config.md)")
+	fs.StringVar(&f.xds.Listen, "xds-listen", controlplane.DefaultListen, "address of the embedded control plane (loopback only)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&f.logFormat, "log-format", "text", "text or json")
 	if err := fs.Parse(args); err != nil {
@@ -70,13 +78,17 @@ func (f *flags) logger() (*slog.Logger, error) {
 	return nil, fmt.Errorf("--log-format: %q (text or json)", f.logFormat)
 }
 
-// source picks the configuration source. The xDS client and the embedded
-// control plane (issue #4) plug in here as the default.
+// source picks the configuration source: --model-file for debugging, else
+// the xDS client, connected to --xds-address or to the embedded control plane.
 func (f *flags) source(log *slog.Logger) (daemon.Source, error) {
 	if f.modelFile != "" {
+		if f.xds.XDSAddress != "" || f.xds.ConfigFile != "" {
+			return nil, errors.New("--model-file cannot be combined with --xds-address or --config")
+		}
 		return daemon.ModelFile{Path: f.modelFile, Logger: log}, nil
 	}
-	return nil, errors.New("no configuration source: pass --model-file (the xDS client and the embedded control plane are the default once issue #4 lands)")
+	f.xds.Mode, f.xds.Logger = f.opts.Mode, log
+	return xdssource.New(f.xds)
 }
 
 func run(args []string) error {
