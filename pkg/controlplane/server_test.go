@@ -329,6 +329,8 @@ func TestEnvoySotWEndToEnd(t *testing.T) {
 	if w := rc.VirtualHosts[0].Routes[1].Action.WeightedClusters; len(w) != 2 || w[0].Weight != 90 {
 		t.Fatalf("route 1 split %+v", w)
 	}
+	// The RDS ACK is recorded just after the model is applied.
+	waitFor(t, "four ACKs", func() bool { mu.Lock(); defer mu.Unlock(); return len(order) >= 4 })
 	mu.Lock()
 	got := strings.Join(order, ",")
 	mu.Unlock()
