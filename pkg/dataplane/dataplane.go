@@ -310,8 +310,10 @@ type wlPlan struct {
 	enrol      enrolKey
 }
 
-func (d *Dataplane) plan(ch change) (p *plan, err error) {
-	p = &plan{node: d.node, full: ch.full, nextBackend: d.nextBackend, svcUp: map[string]*model.Service{}, svcDel: map[string]bool{},
+func (d *Dataplane) plan(ch change) (_ *plan, err error) {
+	// p is a local, not the named result: error returns set the result to nil,
+	// and the deferred release below must still see the plan.
+	p := &plan{node: d.node, full: ch.full, nextBackend: d.nextBackend, svcUp: map[string]*model.Service{}, svcDel: map[string]bool{},
 		wlUp: map[string]*wlPlan{}, wlDel: map[string]bool{}, renders: map[string]rendered{},
 		members: map[string]map[string]bool{}}
 	defer func() {
