@@ -124,7 +124,7 @@ func (d *dualEngine) Setup(ctx context.Context, e *Env) error {
 	// so that both ends of every connection are meshed, as in a real node. It
 	// starts after Apply: sockets inherit enrolment when they are created, so
 	// the listeners must be created in an already enrolled cgroup.
-	srv, err := e.Lab.Start(netlab.Cmd{Name: name + "-server", Netns: e.Server.NS, CPUs: e.Placement.NodeB, Cgroup: serverCg,
+	srv, err := e.Lab.Start(netlab.Cmd{Name: name + "-server", Netns: e.Server.NS, CPUs: e.Placement.NodeB, Nice: e.Placement.Nice, Cgroup: serverCg,
 		Args: []string{e.Self, RoleServe, "-http", fmt.Sprintf(":%d", d.base), "-tcp", fmt.Sprintf(":%d", d.base+1)}})
 	if err != nil {
 		return err

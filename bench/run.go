@@ -63,6 +63,9 @@ func Run(ctx context.Context, o Options) (rep *report.Report, err error) {
 	rep.Environment.Notes = append(rep.Environment.Notes, o.Notes...)
 	rep.Environment.Placement = map[string]string{"node A (client pod, its proxies)": orAll(o.Placement.NodeA),
 		"node B (server pod, its proxies, waypoint)": orAll(o.Placement.NodeB)}
+	if o.Placement.Nice != 0 {
+		rep.Environment.Placement["niceness of every lab process"] = fmt.Sprint(o.Placement.Nice)
+	}
 	defer func() {
 		rep.Elapsed = time.Since(start).Round(time.Second).String()
 		if la := loadAvg(); la != "" {
@@ -261,7 +264,7 @@ func buildEnv(ctx context.Context, lab *netlab.Lab, o Options) (*Env, error) {
 	if env.Server, err = br.AddHost("server"); err != nil {
 		return nil, err
 	}
-	env.ServerProc, err = lab.Start(netlab.Cmd{Name: "server", Netns: env.Server.NS, CPUs: o.Placement.NodeB,
+	env.ServerProc, err = lab.Start(netlab.Cmd{Name: "server", Netns: env.Server.NS, CPUs: o.Placement.NodeB, Nice: o.Placement.Nice,
 		Args: []string{o.Self, RoleServe, "-http", fmt.Sprintf(":%d", ServerHTTPPort), "-tcp", fmt.Sprintf(":%d", ServerTCPPort)}})
 	if err != nil {
 		return nil, err
@@ -307,7 +310,7 @@ func runClient(ctx context.Context, env *Env, o Options, t Target, p report.Poin
 		return nil, err
 	}
 	timeout := o.Warmup + o.Duration + 2*o.RequestTimeout + 30*time.Second
-	out, err := env.Lab.Output(ctx, netlab.Cmd{Name: "client", Netns: env.Client.NS, CPUs: o.Placement.NodeA,
+	out, err := env.Lab.Output(ctx, netlab.Cmd{Name: "client", Netns: env.Client.NS, CPUs: o.Placement.NodeA, Nice: o.Placement.Nice,
 		Cgroup: t.Cgroup, Args: []string{o.Self, RoleLoad, "-spec", string(raw)}, ExtraFiles: extra}, timeout)
 	if err != nil {
 		return nil, err

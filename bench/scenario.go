@@ -54,6 +54,10 @@ type Target struct {
 type Placement struct {
 	NodeA string
 	NodeB string
+	// Nice is the niceness of every process of the lab (0 = inherit). A
+	// negative value makes the benchmark win CPU time from other work on a
+	// shared machine; every scenario gets the same value.
+	Nice int
 }
 
 // Well-known server ports inside the server pod.

@@ -112,8 +112,8 @@ func (s *sidecar) Setup(ctx context.Context, e *Env) error {
 		inR = append(inR, proxy.Route{Name: "in-" + string(p), Listen: inAddr,
 			Upstream: netip.AddrPortFrom(loopback, ServerPort(p)), Mode: mode})
 	}
-	outIn := proxy.Instance{Name: s.name() + "-client", Netns: e.Client.NS, CPUs: e.Placement.NodeA}
-	inIn := proxy.Instance{Name: s.name() + "-server", Netns: e.Server.NS, CPUs: e.Placement.NodeB}
+	outIn := proxy.Instance{Name: s.name() + "-client", Netns: e.Client.NS, CPUs: e.Placement.NodeA, Nice: e.Placement.Nice}
+	inIn := proxy.Instance{Name: s.name() + "-server", Netns: e.Server.NS, CPUs: e.Placement.NodeB, Nice: e.Placement.Nice}
 	var err error
 	if s.flavor == "nginx" {
 		_, err = proxy.StartNginx(ctx, e.Lab, inIn, proxy.Nginx{Routes: inR})
@@ -162,10 +162,10 @@ func (n *nodeProxy) Setup(ctx context.Context, e *Env) error {
 		ra = append(ra, proxy.Route{Name: "a-" + string(p), Listen: ea, Upstream: eb, Mode: proxy.L4})
 		rb = append(rb, proxy.Route{Name: "b-" + string(p), Listen: eb, Upstream: e.ServerAddr(p), Mode: proxy.L4})
 	}
-	if _, err := proxy.StartHAProxy(ctx, e.Lab, proxy.Instance{Name: "node-proxy-b", Netns: b.NS, CPUs: e.Placement.NodeB}, proxy.HAProxy{Routes: rb}); err != nil {
+	if _, err := proxy.StartHAProxy(ctx, e.Lab, proxy.Instance{Name: "node-proxy-b", Netns: b.NS, CPUs: e.Placement.NodeB, Nice: e.Placement.Nice}, proxy.HAProxy{Routes: rb}); err != nil {
 		return err
 	}
-	_, err = proxy.StartHAProxy(ctx, e.Lab, proxy.Instance{Name: "node-proxy-a", Netns: a.NS, CPUs: e.Placement.NodeA}, proxy.HAProxy{Routes: ra})
+	_, err = proxy.StartHAProxy(ctx, e.Lab, proxy.Instance{Name: "node-proxy-a", Netns: a.NS, CPUs: e.Placement.NodeA, Nice: e.Placement.Nice}, proxy.HAProxy{Routes: ra})
 	return err
 }
 
@@ -189,7 +189,7 @@ func (w *waypoint) Setup(ctx context.Context, e *Env) error {
 	}
 	w.entry = netip.AddrPortFrom(h.IP, 15080)
 	r := proxy.Route{Name: "waypoint", Listen: w.entry, Upstream: e.ServerAddr(load.HTTP), Mode: proxy.L7}
-	_, err = proxy.StartHAProxy(ctx, e.Lab, proxy.Instance{Name: "waypoint", Netns: h.NS, CPUs: e.Placement.NodeB}, proxy.HAProxy{Routes: []proxy.Route{r}})
+	_, err = proxy.StartHAProxy(ctx, e.Lab, proxy.Instance{Name: "waypoint", Netns: h.NS, CPUs: e.Placement.NodeB, Nice: e.Placement.Nice}, proxy.HAProxy{Routes: []proxy.Route{r}})
 	return err
 }
 

@@ -87,12 +87,12 @@ func TestLabLifecycle(t *testing.T) {
 	}
 
 	// One-shot process: in a's namespace, the lab cgroup, pinned to CPU 0.
-	out, err := l.Output(context.Background(), Cmd{Name: "probe", Netns: a.NS, CPUs: "0",
-		Args: []string{"sh", "-c", "cat /proc/self/cgroup; grep Cpus_allowed_list /proc/self/status; ip -o -4 addr show dev eth0"}}, 10*time.Second)
+	out, err := l.Output(context.Background(), Cmd{Name: "probe", Netns: a.NS, CPUs: "0", Nice: -5,
+		Args: []string{"sh", "-c", "cat /proc/self/cgroup; grep Cpus_allowed_list /proc/self/status; ip -o -4 addr show dev eth0; echo nice=$(cut -d' ' -f19 /proc/self/stat)"}}, 10*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"/" + filepath.Base(l.Cgroup) + "\n", "Cpus_allowed_list:\t0\n", "10.79.0.1/24"} {
+	for _, want := range []string{"/" + filepath.Base(l.Cgroup) + "\n", "Cpus_allowed_list:\t0\n", "10.79.0.1/24", "nice=-5\n"} {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("probe output lacks %q:\n%s", want, out)
 		}

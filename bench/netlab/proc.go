@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -21,6 +22,7 @@ type Cmd struct {
 	Name   string   // for logs and errors, unique per lab for long-running processes
 	Netns  *Netns   // nil = the caller's namespace
 	CPUs   string   // taskset CPU list ("0", "1-3"); empty = not pinned
+	Nice   int      // scheduling niceness (-20..19); 0 = inherit
 	Cgroup string   // cgroup v2 directory to start in (clone3 CLONE_INTO_CGROUP); empty = the lab's
 	Args   []string // program and arguments
 	Env    []string // added to the environment
@@ -39,6 +41,9 @@ func (l *Lab) command(ctx context.Context, c Cmd) (*exec.Cmd, func(), error) {
 	argv := c.Args
 	if c.CPUs != "" {
 		argv = append([]string{"taskset", "-c", c.CPUs}, argv...)
+	}
+	if c.Nice != 0 {
+		argv = append([]string{"nice", "-n", strconv.Itoa(c.Nice)}, argv...)
 	}
 	if c.Netns != nil {
 		argv = append([]string{"ip", "netns", "exec", c.Netns.Name}, argv...)

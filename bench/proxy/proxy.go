@@ -89,13 +89,14 @@ type Instance struct {
 	Name  string // unique in the lab; names the config and log files
 	Netns *netlab.Netns
 	CPUs  string // taskset list; empty = not pinned
+	Nice  int    // niceness; 0 = inherit
 }
 
 // ReadyTimeout bounds how long a started proxy may take to listen.
 const ReadyTimeout = 10 * time.Second
 
 func start(ctx context.Context, l *netlab.Lab, in Instance, args []string, routes []Route) (*netlab.Proc, error) {
-	p, err := l.Start(netlab.Cmd{Name: in.Name, Netns: in.Netns, CPUs: in.CPUs, Args: args})
+	p, err := l.Start(netlab.Cmd{Name: in.Name, Netns: in.Netns, CPUs: in.CPUs, Nice: in.Nice, Args: args})
 	if err != nil {
 		return nil, err
 	}

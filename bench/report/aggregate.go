@@ -19,7 +19,21 @@ func Build(r *Report) {
 		}
 	}
 	r.Targets = EvaluateTargets(Targets, r.Cells, r.Config.Headline)
+	var other []float64
+	for _, c := range r.Cells {
+		if c.Status == OK && c.OtherLoad >= 0 {
+			other = append(other, c.OtherLoad)
+		}
+	}
+	r.OtherLoad = -1
+	if len(other) > 0 {
+		r.OtherLoad = Median(other)
+	}
 }
+
+// DisturbedAbove is the median other load (vCPUs) above which a run is
+// called disturbed in its report.
+const DisturbedAbove = 0.1
 
 func supports(s ScenarioInfo, p Point) bool { return slices.Contains(s.Protos, p.Proto) }
 

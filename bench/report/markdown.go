@@ -66,6 +66,11 @@ func Markdown(r *Report, plots []string) string {
 	for _, n := range e.Notes {
 		w("- %s\n", n)
 	}
+	if r.OtherLoad > DisturbedAbove {
+		w("\n> **Disturbed run.** Other work on the machine used a median of %.2f vCPUs (of %d) during the measured "+
+			"windows (column `other load`), so latency and CPU numbers carry that interference and the verdicts below "+
+			"are indicative only. Re-run on a quiet machine before drawing conclusions.\n", r.OtherLoad, e.CPUs)
+	}
 
 	w("\n## Targets\n\nJudged at **%s**; \"points\" counts the sweep points where both scenarios ran and the ratio holds.\n\n", r.Config.Headline)
 	w("| target | limit | measured | verdict | points |\n|---|---|---|---|---|\n")

@@ -221,5 +221,8 @@ type Report struct {
 	Ratios      []Ratio        `json:"ratios"`
 	Targets     []TargetResult `json:"targets"`
 	Failed      []string       `json:"failed"` // "scenario @ point: reason", one per failed cell
-	Elapsed     string         `json:"elapsed"`
+	// OtherLoad is the median over OK cells of Cell.OtherLoad: how much of
+	// the machine other work took during the measured windows (-1: unknown).
+	OtherLoad float64 `json:"other_load_median_vcpu"`
+	Elapsed   string  `json:"elapsed"`
 }

@@ -256,6 +256,10 @@ func TestMarkdown(t *testing.T) {
 	if strings.Contains(md, "None: every scenario") {
 		t.Error("markdown claims no failures")
 	}
+	// okRun leaves 0.2 vCPU of other load in every cell: the run is flagged.
+	if !strings.Contains(md, "**Disturbed run.** Other work on the machine used a median of 0.20 vCPUs (of 2)") {
+		t.Errorf("disturbed run not flagged:\n%s", md)
+	}
 }
 
 func TestMdCellEscapes(t *testing.T) {

@@ -53,6 +53,7 @@ func run() int {
 		pin        = flag.Bool("pin", true, "pin node A and node B to separate CPU halves (taskset)")
 		nodeA      = flag.String("node-a-cpus", "", "CPU list for node A (client side); overrides -pin's choice")
 		nodeB      = flag.String("node-b-cpus", "", "CPU list for node B (server side); overrides -pin's choice")
+		nice       = flag.Int("nice", 0, "niceness of every lab process (-20..19); negative wins CPU from other work on a shared machine")
 		reqTimeout = flag.Duration("request-timeout", 5*time.Second, "per-request timeout")
 		maxSamples = flag.Int("max-samples", 4_000_000, "latency samples kept per run; a run above it fails")
 		notes      listFlag
@@ -130,11 +131,16 @@ func run() int {
 	if *nodeB != "" {
 		o.Placement.NodeB = *nodeB
 	}
+	if *nice < -20 || *nice > 19 {
+		fmt.Fprintln(os.Stderr, "bench: -nice: want -20..19")
+		return 2
+	}
+	o.Placement.Nice = *nice
 	if o.Self, err = os.Executable(); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		return 1
 	}
-	o.Command = "go run ./bench/cmd/bench " + strings.Join(os.Args[1:], " ")
+	o.Command = "go run ./bench/cmd/bench " + shellJoin(os.Args[1:])
 
 	if removed, err := netlab.SweepStale(); len(removed) > 0 || err != nil {
 		fmt.Fprintf(os.Stderr, "bench: removed leftovers of killed runs: %v (errors: %v)\n", removed, err)
@@ -275,4 +281,19 @@ func joinProtos(v []load.Proto) string {
 		s[i] = string(p)
 	}
 	return strings.Join(s, ",")
+}
+
+// shellJoin quotes arguments so the recorded command can be pasted back.
+func shellJoin(args []string) string {
+	out := make([]string, len(args))
+	for i, a := range args {
+		if a != "" && strings.IndexFunc(a, func(r rune) bool {
+			return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("-_./,:=+@%", r))
+		}) < 0 {
+			out[i] = a
+			continue
+		}
+		out[i] = "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
+	}
+	return strings.Join(out, " ")
 }
