@@ -242,6 +242,9 @@ func writeBPFTables(w io.Writer, d *admin.BPFDump) error {
 		if m.Truncated {
 			note = fmt.Sprintf(", showing %d", len(m.Rows))
 		}
+		if m.Note != "" {
+			note += "; " + m.Note
+		}
 		fmt.Fprintf(w, "MAP %s (%s, %d/%d entries%s)\n", m.Name, m.Type, m.Entries, m.MaxEntries, note)
 		cols := m.Columns
 		if len(cols) == 0 && len(m.Rows) > 0 {

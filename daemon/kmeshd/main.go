@@ -16,12 +16,17 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
+	"github.com/kmesh-go/kmesh/pkg/admin"
 	"github.com/kmesh-go/kmesh/pkg/controlplane"
 	"github.com/kmesh-go/kmesh/pkg/daemon"
 	"github.com/kmesh-go/kmesh/pkg/dataplane"
+	"github.com/kmesh-go/kmesh/pkg/logging"
 	"github.com/kmesh-go/kmesh/pkg/probe"
+	"github.com/kmesh-go/kmesh/pkg/telemetry"
 	"github.com/kmesh-go/kmesh/pkg/version"
+	"github.com/kmesh-go/kmesh/pkg/xds"
 	"github.com/kmesh-go/kmesh/pkg/xdssource"
 )
 
@@ -44,7 +49,7 @@ func parseFlags(args []string) (*flags, error) {
 	fs.StringVar(&f.opts.StateDir, "state-dir", dataplane.DefaultStateDir, "directory for ids and the applied model")
 	fs.BoolVar(&f.opts.Accel, "accel", false, "same-node acceleration: sk_msg redirect between enrolled local sockets "+
 		"(breaks applications that relay with splice(2), e.g. Go io.Copy between TCP conns)")
-	fs.DurationVar(&f.opts.ReportInterval, "report-interval", 0, "periodic connection records for long-lived connections (0 = off)")
+	fs.DurationVar(&f.opts.ReportInterval, "report-interval", 10*time.Second, "periodic connection records (metrics, long-lived connections); 0 = only at open and close")
 	fs.BoolVar(&f.opts.BPFStats, "bpf-stats", false, "keep BPF run-time accounting on (per-program cost for metrics)")
 	fs.StringVar(&f.modelFile, "model-file", "", "debugging/test source: apply a model.Snapshot from this JSON/YAML file, re-applied on change")
 	fs.StringVar(&f.xds.XDSAddress, "xds-address", "", "xDS server (istiod, e.g. istiod.istio-system.svc:15012); default: the embedded control plane serving --config")
@@ -52,7 +57,10 @@ func parseFlags(args []string) (*flags, error) {
 	fs.StringVar(&f.xds.XDSToken, "xds-token-file", "", "bearer token file sent to the xDS server (re-read per stream)")
 	fs.StringVar(&f.xds.ConfigFile, "config", "", "mesh file served by the embedded control plane (default "+xdssource.DefaultConfig+"; see docs/config.md)")
 	fs.StringVar(&f.xds.Listen, "xds-listen", controlplane.DefaultListen, "address of the embedded control plane (loopback only)")
-	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&f.opts.Observability.AdminAddress, "admin-address", admin.DefaultAddress, "admin API (kmeshctl): loopback host:port or unix:/path; off disables")
+	fs.StringVar(&f.opts.Observability.MetricsAddress, "metrics-address", telemetry.DefaultMetricsAddress, "Prometheus metrics at "+telemetry.MetricsPath+"; off disables")
+	fs.BoolVar(&f.opts.Observability.AccessLog, "access-log", false, "JSON access log on stdout, one line per closed connection (switch at runtime: kmeshctl monitoring)")
+	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error (per component at runtime: kmeshctl log --set xds:debug)")
 	fs.StringVar(&f.logFormat, "log-format", "text", "text or json")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -63,19 +71,20 @@ func parseFlags(args []string) (*flags, error) {
 	return f, nil
 }
 
-func (f *flags) logger() (*slog.Logger, error) {
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(f.logLevel)); err != nil {
+// logging builds the registry of named loggers (levels changeable at runtime).
+func (f *flags) logging() (*logging.Registry, error) {
+	level, err := logging.ParseLevel(f.logLevel)
+	if err != nil {
 		return nil, fmt.Errorf("--log-level: %w", err)
 	}
-	ho := &slog.HandlerOptions{Level: level}
-	switch f.logFormat {
-	case "text":
-		return slog.New(slog.NewTextHandler(os.Stderr, ho)), nil
-	case "json":
-		return slog.New(slog.NewJSONHandler(os.Stderr, ho)), nil
+	if f.logFormat != "text" && f.logFormat != "json" {
+		return nil, fmt.Errorf("--log-format: %q (text or json)", f.logFormat)
 	}
-	return nil, fmt.Errorf("--log-format: %q (text or json)", f.logFormat)
+	reg := logging.New(logging.Options{Output: os.Stderr, JSON: f.logFormat == "json", Level: level})
+	for _, name := range []string{"kmeshd", "dataplane", "xds", "telemetry"} {
+		reg.Logger(name) // listed by kmeshctl log from the start
+	}
+	return reg, nil
 }
 
 // source picks the configuration source: --model-file for debugging, else
@@ -104,12 +113,14 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
-	log, err := f.logger()
+	logs, err := f.logging()
 	if err != nil {
 		return err
 	}
+	log := logs.Logger("kmeshd")
 	slog.SetDefault(log)
 	f.opts.Logger = log
+	f.opts.Observability.Logging = logs
 	if cmd == "uninstall" {
 		if err := daemon.Uninstall(f.opts); err != nil {
 			return err
@@ -117,7 +128,11 @@ func run(args []string) error {
 		log.Info("kmesh dataplane uninstalled")
 		return nil
 	}
-	if f.opts.Source, err = f.source(log); err != nil {
+	// Metrics registered before the daemon starts (the xDS client's hooks).
+	f.opts.Observability.Registry = telemetry.NewRegistry()
+	xm := telemetry.NewXDSMetrics(f.opts.Observability.Registry)
+	f.xds.Hooks = xds.Hooks{OnConnect: xm.OnConnect, OnDisconnect: xm.OnDisconnect, OnACK: xm.OnACK, OnNACK: xm.OnNACK}
+	if f.opts.Source, err = f.source(logs.Logger("xds")); err != nil {
 		return err
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)

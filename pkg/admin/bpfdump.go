@@ -20,4 +20,6 @@ type MapDump struct {
 	Rows       []map[string]string `json:"rows,omitempty"`
 	// Truncated is set when Rows holds only the first entries of a large map.
 	Truncated bool `json:"truncated,omitempty"`
+	// Note says why rows are missing (e.g. socket maps are only counted).
+	Note string `json:"note,omitempty"`
 }

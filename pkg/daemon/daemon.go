@@ -53,6 +53,8 @@ type Options struct {
 
 	// Source drives the dataplane (model file, xDS, embedded control plane).
 	Source Source
+	// Observability: metrics, access log, admin API.
+	Observability ObservabilityOptions
 	// OnReady, if set, is called once the dataplane is loaded and attached,
 	// before the source starts (tests, readiness reporting).
 	OnReady func(*dataplane.Dataplane)
@@ -93,6 +95,9 @@ func Run(ctx context.Context, opts Options) error {
 	if opts.Source == nil {
 		return errors.New("no configuration source")
 	}
+	if err := opts.Observability.validate(); err != nil {
+		return err
+	}
 	log.Info("kmeshd starting", "version", version.Get().String(), "mode", opts.Mode)
 
 	if _, err := probe.Cgroup2Mount(opts.Cgroup2); err != nil {
@@ -119,8 +124,12 @@ func Run(ctx context.Context, opts Options) error {
 		defer c.Close()
 	}
 
+	dpLog := log
+	if opts.Observability.Logging != nil {
+		dpLog = opts.Observability.Logging.Logger("dataplane")
+	}
 	dp, err := dataplane.Open(dataplane.Options{BPF: opts.bpfOptions(), StateDir: opts.StateDir,
-		Accel: opts.Accel, ReportInterval: opts.ReportInterval, Logger: log})
+		Accel: opts.Accel, ReportInterval: opts.ReportInterval, Logger: dpLog})
 	if err != nil {
 		return err
 	}
@@ -129,11 +138,22 @@ func Run(ctx context.Context, opts Options) error {
 	log.Info("dataplane ready", "pin_dir", dp.Objects().PinDir, "cgroup", dp.Objects().CgroupDir,
 		"adopted", !a.Fresh(), "previous_layout", a.FromLayout, "layout", bpf.LayoutVersion,
 		"migrated_maps", a.Migrated, "programs_replaced", len(a.Updated))
+	obsLog := log
+	if opts.Observability.Logging != nil {
+		obsLog = opts.Observability.Logging.Logger("telemetry")
+	}
+	obs, err := startObservability(ctx, opts.Observability, dp, opts.Mode, obsLog)
+	if err != nil {
+		return err
+	}
+	defer obs.stop()
 	if opts.OnReady != nil {
 		opts.OnReady(dp)
 	}
 
-	err = opts.Source.Run(ctx, dp)
+	// The source drives the dataplane through the tracker, which mirrors what
+	// is applied for the config dump, readiness and telemetry labels.
+	err = opts.Source.Run(ctx, obs.tracker)
 	if ctx.Err() != nil {
 		log.Info("kmeshd stopping; the pinned dataplane keeps serving")
 		return nil

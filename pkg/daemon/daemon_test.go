@@ -80,8 +80,9 @@ func TestDaemonModelFileStopAndUninstall(t *testing.T) {
 	bo := bpftest.Options(t, cg)
 	ready := make(chan struct{})
 	opts := Options{BPFFS: bo.BPFFS, PinDir: bo.PinDir, Cgroup: bo.Cgroup, StateDir: t.TempDir(),
-		Source:  ModelFile{Path: file, Poll: 50 * time.Millisecond},
-		OnReady: func(*dataplane.Dataplane) { close(ready) }}
+		Source:        ModelFile{Path: file, Poll: 50 * time.Millisecond},
+		Observability: TestObservability(),
+		OnReady:       func(*dataplane.Dataplane) { close(ready) }}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- Run(ctx, opts) }()

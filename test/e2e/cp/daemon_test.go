@@ -63,7 +63,7 @@ workloads:
 	done := make(chan error, 1)
 	go func() {
 		done <- daemon.Run(ctx, daemon.Options{PinDir: bopts.PinDir, Cgroup: bopts.Cgroup, StateDir: filepath.Join(dir, "state"),
-			Source: src, Logger: log})
+			Source: src, Logger: log, Observability: daemon.TestObservability()})
 	}()
 	t.Cleanup(func() {
 		cancel()
