@@ -5,12 +5,19 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+
 	"github.com/kmesh-go/kmesh/bench/load"
+	"github.com/kmesh-go/kmesh/bench/netlab"
 	"github.com/kmesh-go/kmesh/bench/report"
+	"github.com/kmesh-go/kmesh/pkg/bpf"
+	"github.com/kmesh-go/kmesh/pkg/probe"
 	"github.com/kmesh-go/kmesh/pkg/testutil"
 )
 
@@ -250,5 +257,45 @@ func TestCheckFailsRuns(t *testing.T) {
 	check(nil, []Scenario{good}, []error{errors.New("setup")}, rep)
 	if rep.Scenarios[0].Evidence != "" {
 		t.Error("checked a scenario whose setup failed")
+	}
+}
+
+// A dataplane pinned by a killed run (pin directory named after a dead pid)
+// is uninstalled; a live run's is not.
+func TestSweepStaleDataplanes(t *testing.T) {
+	testutil.Privileged(t)
+	raw, err := os.ReadFile("/proc/sys/kernel/pid_max")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pidMax, _ := strconv.Atoi(strings.TrimSpace(string(raw)))
+	stale := filepath.Join(probe.DefaultBPFFS, fmt.Sprintf("%s%d-dual-engine", netlab.NamePrefix, pidMax+1000))
+	live := filepath.Join(probe.DefaultBPFFS, fmt.Sprintf("%s%d-dual-engine", netlab.NamePrefix, os.Getpid()))
+	for _, dir := range []string{stale, live} {
+		if err := os.MkdirAll(filepath.Join(dir, "maps"), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		defer bpf.Uninstall(bpf.Options{PinDir: dir})
+		m, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := m.Pin(filepath.Join(dir, "maps", "km_stats")); err != nil {
+			t.Fatal(err)
+		}
+		m.Close()
+	}
+	removed, err := SweepStaleDataplanes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(removed, ",") != "bpf pins "+stale {
+		t.Errorf("removed %q, want only %s", removed, stale)
+	}
+	if _, err := os.Stat(stale); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("%s still exists: %v", stale, err)
+	}
+	if _, err := os.Stat(filepath.Join(live, "maps", "km_stats")); err != nil {
+		t.Errorf("live pins removed: %v", err)
 	}
 }

@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -167,4 +168,28 @@ func (d *dualEngine) Check(*Env) (string, error) {
 		return evidence, fmt.Errorf("sk_msg redirected data although acceleration is off")
 	}
 	return evidence, nil
+}
+
+// SweepStaleDataplanes uninstalls dataplanes pinned by a bench run that was
+// killed before it could clean up (its pin directory is named after its pid,
+// like the lab's namespaces): links are detached and pins removed.
+func SweepStaleDataplanes() ([]string, error) {
+	ents, err := os.ReadDir(probe.DefaultBPFFS)
+	if err != nil {
+		return nil, nil // no bpffs mounted: nothing can be pinned
+	}
+	var removed []string
+	var errs []error
+	for _, e := range ents {
+		if !e.IsDir() || !netlab.DeadOwner(e.Name()) {
+			continue
+		}
+		dir := filepath.Join(probe.DefaultBPFFS, e.Name())
+		if err := bpf.Uninstall(bpf.Options{PinDir: dir}); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", dir, err))
+			continue
+		}
+		removed = append(removed, "bpf pins "+dir)
+	}
+	return removed, errors.Join(errs...)
 }

@@ -106,6 +106,20 @@ func run(name string, args ...string) error {
 	return nil
 }
 
+// DeadOwner reports whether name ("kmb-<pid>-...") belongs to a lab whose
+// owning process no longer exists.
+func DeadOwner(name string) bool {
+	m := staleName.FindStringSubmatch(name)
+	if m == nil {
+		return false
+	}
+	pid, err := strconv.Atoi(m[1])
+	if err != nil || pid == os.Getpid() {
+		return false
+	}
+	return errors.Is(syscall.Kill(pid, 0), syscall.ESRCH)
+}
+
 var staleName = regexp.MustCompile(`^` + regexp.QuoteMeta(NamePrefix) + `([0-9]+)-`)
 
 // SweepStale removes namespaces, cgroups and scratch directories left by labs whose
@@ -114,17 +128,7 @@ var staleName = regexp.MustCompile(`^` + regexp.QuoteMeta(NamePrefix) + `([0-9]+
 func SweepStale() ([]string, error) {
 	var removed []string
 	var errs []error
-	dead := func(name string) bool {
-		m := staleName.FindStringSubmatch(name)
-		if m == nil {
-			return false
-		}
-		pid, err := strconv.Atoi(m[1])
-		if err != nil || pid == os.Getpid() {
-			return false
-		}
-		return errors.Is(syscall.Kill(pid, 0), syscall.ESRCH)
-	}
+	dead := DeadOwner
 	if ents, err := os.ReadDir("/run/netns"); err == nil {
 		for _, e := range ents {
 			if dead(e.Name()) {

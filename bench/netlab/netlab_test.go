@@ -180,6 +180,9 @@ func TestSweepStale(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if !DeadOwner(stale) || DeadOwner(live.Name) || DeadOwner("unrelated-name") {
+		t.Errorf("DeadOwner: stale %v, live %v, unrelated %v", DeadOwner(stale), DeadOwner(live.Name), DeadOwner("unrelated-name"))
+	}
 	removed, err := SweepStale()
 	if err != nil {
 		t.Fatal(err)

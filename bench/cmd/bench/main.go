@@ -142,8 +142,11 @@ func run() int {
 	}
 	o.Command = "go run ./bench/cmd/bench " + shellJoin(os.Args[1:])
 
-	if removed, err := netlab.SweepStale(); len(removed) > 0 || err != nil {
-		fmt.Fprintf(os.Stderr, "bench: removed leftovers of killed runs: %v (errors: %v)\n", removed, err)
+	// Pins first: their links refer to the dead run's cgroups.
+	removedPins, perr := bench.SweepStaleDataplanes()
+	removed, err := netlab.SweepStale()
+	if removed = append(removedPins, removed...); len(removed) > 0 || perr != nil || err != nil {
+		fmt.Fprintf(os.Stderr, "bench: removed leftovers of killed runs: %v (errors: %v)\n", removed, errors.Join(perr, err))
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
