@@ -316,12 +316,13 @@ func (d *Dataplane) plan(ch change) (_ *plan, err error) {
 	p := &plan{node: d.node, full: ch.full, nextBackend: d.nextBackend, svcUp: map[string]*model.Service{}, svcDel: map[string]bool{},
 		wlUp: map[string]*wlPlan{}, wlDel: map[string]bool{}, renders: map[string]rendered{},
 		members: map[string]map[string]bool{}}
+	assigned := p // ids assigned while planning go back if the plan fails
 	defer func() {
 		if err != nil {
-			for _, k := range p.newSvcIDs {
+			for _, k := range assigned.newSvcIDs {
 				d.svcIDs.release(k)
 			}
-			for _, k := range p.newWlIDs {
+			for _, k := range assigned.newWlIDs {
 				d.wlIDs.release(k)
 			}
 		}
@@ -612,7 +613,18 @@ func (d *Dataplane) planFrontends(p *plan) error {
 		}
 	}
 	if len(next) > capFrontends {
-		return &CapacityError{Map: bpf.MapFrontend, Limit: capFrontends, What: "the frontends of this change"}
+		var fe []delta
+		for key := range p.svcDel {
+			fe = append(fe, delta{svcObject(key), -len(d.svcs[key].fe)})
+		}
+		for key, svc := range p.svcUp {
+			n := len(frontendKeys(svc))
+			if cur := d.svcs[key]; cur != nil {
+				n -= len(cur.fe)
+			}
+			fe = append(fe, delta{svcObject(key), n})
+		}
+		return &CapacityError{Map: bpf.MapFrontend, Limit: capFrontends, What: "the frontends of " + firstOver(len(d.frontends), capFrontends, fe)}
 	}
 	for k, id := range next {
 		if cur, ok := d.frontends[k]; !ok || cur != id {
@@ -638,81 +650,114 @@ func frontendKeys(s *model.Service) []bpf.FrontendKey {
 	return out
 }
 
-// checkCapacity rejects a change whose end state does not fit the maps.
+// delta is one object's change of a map's entry count.
+type delta struct {
+	obj string // e.g. `service "ns/a"`, as callers and logs name it
+	n   int
+}
+
+// firstOver applies deltas to base, shrinking ones first and then growing
+// ones in a fixed order, and names the object whose growth first exceeds
+// limit ("" when the end state fits). Naming it lets a caller reject that
+// object and apply the rest.
+func firstOver(base, limit int, deltas []delta) string {
+	sort.Slice(deltas, func(i, j int) bool {
+		if (deltas[i].n < 0) != (deltas[j].n < 0) {
+			return deltas[i].n < 0
+		}
+		return deltas[i].obj < deltas[j].obj
+	})
+	total := base
+	for _, d := range deltas {
+		total += d.n
+	}
+	if total <= limit {
+		return ""
+	}
+	total = base
+	for _, d := range deltas {
+		if total += d.n; total > limit {
+			return d.obj
+		}
+	}
+	return deltas[len(deltas)-1].obj
+}
+
+// checkCapacity rejects a change whose end state does not fit the maps,
+// naming the map, its limit and the object that does not fit.
 func (d *Dataplane) checkCapacity(p *plan) error {
-	slots, gens := d.live.slots, d.live.gens
+	var slots, gens []delta
 	for key := range p.svcDel {
 		if s := d.svcs[key]; s != nil && s.gen != 0 {
-			slots -= countSlots(s.count)
-			gens--
+			slots = append(slots, delta{svcObject(key), -countSlots(s.count)})
+			gens = append(gens, delta{svcObject(key), -1})
 		}
 	}
 	for key, r := range p.renders {
+		n, g := r.total, 1
 		if s := d.svcs[key]; s != nil && s.gen != 0 {
 			if s.digest == r.digest {
 				continue
 			}
-			slots -= countSlots(s.count)
-			gens--
+			n -= countSlots(s.count)
+			g = 0
 		}
-		slots += r.total
-		gens++
+		slots = append(slots, delta{svcObject(key), n})
+		gens = append(gens, delta{svcObject(key), g})
 	}
-	if slots > capSlots {
-		return &CapacityError{Map: bpf.MapEndpoint, Limit: capSlots, What: fmt.Sprintf("%d more endpoint slots", slots-d.live.slots)}
+	if obj := firstOver(d.live.slots, capSlots, slots); obj != "" {
+		return &CapacityError{Map: bpf.MapEndpoint, Limit: capSlots, What: "the endpoints of " + obj}
 	}
-	if gens > capSvcGens {
-		return &CapacityError{Map: bpf.MapSvcGen, Limit: capSvcGens, What: "the services of this change"}
+	if obj := firstOver(d.live.gens, capSvcGens, gens); obj != "" {
+		return &CapacityError{Map: bpf.MapSvcGen, Limit: capSvcGens, What: obj}
 	}
-	backends := d.live.backends
+	var backends, cg, ns []delta
 	for uid := range p.wlDel {
-		if d.wls[uid].backend != 0 {
-			backends--
+		w := d.wls[uid]
+		if w.backend != 0 {
+			backends = append(backends, delta{wlObject(uid), -1})
+		}
+		if w.enrol.cgroup != 0 {
+			cg = append(cg, delta{wlObject(uid), -1})
+		}
+		if w.enrol.netns != 0 {
+			ns = append(ns, delta{wlObject(uid), -1})
 		}
 	}
 	for uid, wp := range p.wlUp {
-		if cur := d.wls[uid]; cur != nil && cur.backend != 0 && cur.backend != wp.backend {
-			backends--
-		}
-		if wp.newBackend {
-			backends++
-		}
-	}
-	if backends > capBackends {
-		return &CapacityError{Map: bpf.MapBackend, Limit: capBackends, What: fmt.Sprintf("%d more backends", backends-d.live.backends)}
-	}
-	cg, ns := len(d.enrolCg), len(d.enrolNs)
-	for uid := range p.wlDel {
-		if e := d.wls[uid].enrol; e.present {
-			if e.cgroup != 0 {
-				cg--
+		b, c, n := 0, 0, 0
+		if cur := d.wls[uid]; cur != nil {
+			if cur.backend != 0 && cur.backend != wp.backend {
+				b--
 			}
-			if e.netns != 0 {
-				ns--
-			}
-		}
-	}
-	for uid, wp := range p.wlUp {
-		if cur := d.wls[uid]; cur != nil && cur.enrol.present {
 			if cur.enrol.cgroup != 0 {
-				cg--
+				c--
 			}
 			if cur.enrol.netns != 0 {
-				ns--
+				n--
 			}
 		}
+		if wp.newBackend {
+			b++
+		}
 		if wp.enrol.cgroup != 0 {
-			cg++
+			c++
 		}
 		if wp.enrol.netns != 0 {
-			ns++
+			n++
 		}
+		backends = append(backends, delta{wlObject(uid), b})
+		cg = append(cg, delta{wlObject(uid), c})
+		ns = append(ns, delta{wlObject(uid), n})
 	}
-	if cg > capEnrol {
-		return &CapacityError{Map: bpf.MapEnrolCg, Limit: capEnrol, What: "the cgroup enrolments of this change"}
+	if obj := firstOver(d.live.backends, capBackends, backends); obj != "" {
+		return &CapacityError{Map: bpf.MapBackend, Limit: capBackends, What: obj}
 	}
-	if ns > capEnrol {
-		return &CapacityError{Map: bpf.MapEnrolNs, Limit: capEnrol, What: "the netns enrolments of this change"}
+	if obj := firstOver(len(d.enrolCg), capEnrol, cg); obj != "" {
+		return &CapacityError{Map: bpf.MapEnrolCg, Limit: capEnrol, What: "the cgroup enrolment of " + obj}
+	}
+	if obj := firstOver(len(d.enrolNs), capEnrol, ns); obj != "" {
+		return &CapacityError{Map: bpf.MapEnrolNs, Limit: capEnrol, What: "the netns enrolment of " + obj}
 	}
 	return nil
 }
