@@ -327,11 +327,15 @@ func adoptMap(name string, ms *ebpf.MapSpec, pinned *ebpf.Map, recorded uint64, 
 		return nil, false, fmt.Errorf("reading layout of pinned map %s: %w", name, err)
 	}
 	newLayout := specLayout(ms)
-	same := oldLayout == newLayout
+	// Same layout: type, sizes, limits and flags match; the member layout
+	// read back from the kernel matches where the kernel kept BTF (sockhash
+	// and ringbuf maps keep none); and the layout record agrees.
+	same := ms.Compatible(pinned) == nil
+	if oldKey != nil || oldVal != nil {
+		same = same && oldLayout == newLayout
+	}
 	if recorded != 0 {
-		// The record is authoritative: some map types (sockhash, ringbuf)
-		// keep no BTF in the kernel, so their layout cannot be read back.
-		same = recorded == layoutHash(newLayout)
+		same = same && recorded == layoutHash(newLayout)
 		oldLayout = fmt.Sprintf("%s (recorded hash %#x)", oldLayout, recorded)
 	}
 	if same {

@@ -7,7 +7,9 @@ import (
 	"testing"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
 
 	"github.com/kmesh-go/kmesh/pkg/bpf"
 	"github.com/kmesh-go/kmesh/pkg/bpf/bpftest"
@@ -115,4 +117,76 @@ func attachedCount(t *testing.T, cgroup string, at ebpf.AttachType) int {
 		t.Fatal(err)
 	}
 	return len(res.Programs)
+}
+
+// TestMigratesChangedLayout pins a km_backend with an older value layout
+// (no addr6, fields in another order) and entries, as a previous build
+// would have left it. Open must migrate the entries field by field into a
+// map of this build's layout, swap the pin, and leave every other map alone.
+func TestMigratesChangedLayout(t *testing.T) {
+	testutil.Privileged(t)
+	cg := testutil.NewCgroup(t)
+	opts := bpftest.Options(t, cg)
+	o, err := bpf.Open(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	frontendID := mapID(t, o.Maps[bpf.MapFrontend])
+	o.Close()
+
+	u32 := func(name string, off uint32) btf.Member {
+		return btf.Member{Name: name, Type: &btf.Int{Name: "__u32", Size: 4}, Offset: btf.Bits(off * 8)}
+	}
+	old := &btf.Struct{Name: "km_be", Size: 12, Members: []btf.Member{u32("flags", 0), u32("addr4", 4), u32("workload_id", 8)}}
+	path := filepath.Join(opts.PinDir, "maps", bpf.MapBackend)
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	m, err := ebpf.NewMap(&ebpf.MapSpec{Name: bpf.MapBackend, Type: ebpf.Hash, KeySize: 4, ValueSize: 12, MaxEntries: 1000,
+		Flags: unix.BPF_F_NO_PREALLOC, Key: &btf.Int{Name: "__u32", Size: 4}, Value: old})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for id := uint32(1); id <= 100; id++ {
+		if err := m.Put(id, [3]uint32{bpf.BackendLocal, 0x0100000a + id<<24, 1000 + id}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := m.Pin(path); err != nil {
+		t.Fatal(err)
+	}
+	m.Close()
+
+	o, err = bpf.Open(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer o.Close()
+	if !slices.Equal(o.Adoption.Migrated, []string{bpf.MapBackend}) {
+		t.Fatalf("migrated %v, want only %s", o.Adoption.Migrated, bpf.MapBackend)
+	}
+	if mapID(t, o.Maps[bpf.MapFrontend]) != frontendID {
+		t.Fatal("an unchanged map was replaced")
+	}
+	pinned, err := ebpf.LoadPinnedMap(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pinned.Close()
+	if mapID(t, pinned) != mapID(t, o.Maps[bpf.MapBackend]) {
+		t.Fatal("the pin does not name the migrated map")
+	}
+	n := 0
+	var id uint32
+	var be bpf.Backend
+	it := pinned.Iterate()
+	for it.Next(&id, &be) {
+		n++
+		if be.WorkloadId != 1000+id || be.Addr4 != 0x0100000a+id<<24 || be.Flags != bpf.BackendLocal || be.Addr6 != [4]uint32{} {
+			t.Fatalf("entry %d migrated to %+v", id, be)
+		}
+	}
+	if it.Err() != nil || n != 100 {
+		t.Fatalf("%d entries migrated (%v), want 100", n, it.Err())
+	}
 }
