@@ -49,12 +49,11 @@ static __always_inline int km_connect(struct bpf_sock_addr *ctx, const __u32 add
 		km_addr_copy(st->orig_addr, addr);
 		st->orig_port = port;
 		st->flags |= KM_SK_REWRITTEN;
-		if (pick.backend_flags & KM_BE_LOCAL)
+		if (pick.flags & KM_EP_LOCAL)
 			st->flags |= KM_SK_LOCAL_DST;
 		st->direction = KM_DIR_OUTBOUND;
 		st->svc_id = svc;
 		st->dst_workload = pick.workload_id;
-		st->start_ns = bpf_ktime_get_ns();
 	}
 
 	if (write_v6) {

@@ -17,9 +17,8 @@ enum km_verdict {
 /* The choice made for one connect(). */
 struct km_pick {
 	__u32 svc_id;
-	__u32 backend_id;
 	__u32 workload_id;
-	__u32 backend_flags;
+	__u32 flags; /* KM_EP_* */
 	__u32 addr[4]; /* chosen backend, v4 mapped for family v4 */
 	__u16 port;    /* target port, network order */
 	__u8 tier;
@@ -81,7 +80,6 @@ static __always_inline int km_lb_pick(__u32 svc, __u16 port, __u32 fam, __u32 rn
 	struct km_svc_key skey = { .svc_id = svc };
 	struct km_slot_key key = {};
 	struct km_svc_rec *rec;
-	struct km_be *be;
 	struct km_slot *slot;
 	__u32 *active, gen, n = 0, idx = 0, pidx = KM_MAX_PORTS, tier = 0;
 	int i;
@@ -157,21 +155,12 @@ static __always_inline int km_lb_pick(__u32 svc, __u16 port, __u32 fam, __u32 rn
 		km_stat_inc(KM_STAT_LOOKUP_MISS);
 		return KM_REFUSE;
 	}
-	out->backend_id = slot->backend_id;
 	if (pidx < KM_MAX_PORTS)
 		out->port = slot->target[pidx];
-	be = bpf_map_lookup_elem(&km_backend, &slot->backend_id);
-	if (!be) {
-		km_stat_inc(KM_STAT_LOOKUP_MISS);
-		return KM_REFUSE;
-	}
-	if (fam == KM_FAM_V4)
-		km_addr_from_v4(out->addr, be->addr4);
-	else
-		km_addr_copy(out->addr, be->addr6);
+	km_addr_copy(out->addr, slot->addr);
 	out->svc_id = svc;
-	out->workload_id = be->workload_id;
-	out->backend_flags = be->flags;
+	out->workload_id = slot->workload_id;
+	out->flags = slot->flags;
 	out->tier = tier;
 	return KM_OK;
 }

@@ -3,8 +3,8 @@
  * objects agree on the definitions; the loader creates each map once, pins it
  * under the bpffs pin directory and hands it to every object.
  *
- * Update protocol (ARCHITECTURE.md): km_svc_gen, km_endpoint and km_backend
- * entries are immutable while reachable; a service changes by writing a new
+ * Update protocol (ARCHITECTURE.md): km_svc_gen and km_endpoint entries are
+ * immutable while reachable; a service changes by writing a new
  * generation and switching km_svc_active[svc] with one atomic store (the
  * km_flip syscall program). Superseded generations are deleted only after an
  * RCU grace period, so a running connect() never sees a half-written or
@@ -49,15 +49,6 @@ struct {
 	__type(key, struct km_slot_key);
 	__type(value, struct km_slot);
 } km_endpoint SEC(".maps");
-
-/* backend id -> addresses and workload. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, KM_MAX_BACKENDS);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, __u32);
-	__type(value, struct km_be);
-} km_backend SEC(".maps");
 
 /* service id -> round-robin counter (one shared atomic per service). */
 struct {

@@ -29,7 +29,6 @@
 #define KM_MAX_FRONTENDS 131072
 #define KM_MAX_SVC_GENS  131072
 #define KM_MAX_SLOTS     262144
-#define KM_MAX_BACKENDS  262144
 #define KM_MAX_ENROL     16384
 #define KM_MAX_SOCKHASH  65536
 #define KM_EVENTS_BYTES  (1 << 20)
@@ -92,26 +91,21 @@ struct km_slot_key {
 	__u32 idx;
 };
 
-/* km_endpoint value. cum_weight is the inclusive prefix sum of weights over
- * the tier's slots 0..idx (strictly increasing), for weighted selection. */
+/* km_endpoint value: one endpoint, self-contained so a connect() needs no
+ * further lookup. cum_weight is the inclusive prefix sum of weights over the
+ * tier's slots 0..idx (strictly increasing), for weighted selection. */
 struct km_slot {
-	__u32 backend_id;
-	__u32 cum_weight;
-	__u16 target[KM_MAX_PORTS]; /* target port per service port index, network order */
-};
-
-/* km_backend value (key: backend id, immutable while referenced). */
-struct km_be {
 	__u32 workload_id;
+	__u32 cum_weight;
 #ifdef KMESH_LAYOUT_NEXT
 	__u32 next_marker; /* only in the layout-next test build */
 #endif
-	__u32 addr4;    /* network order; 0 = none */
-	__u32 addr6[4]; /* all zero = none */
-	__u32 flags;    /* KM_BE_* */
+	__u32 addr[4]; /* the endpoint's address in the slot's family, v4 mapped */
+	__u32 flags;   /* KM_EP_* */
+	__u16 target[KM_MAX_PORTS]; /* target port per service port index, network order */
 };
 
-#define KM_BE_LOCAL (1u << 0) /* an enrolled workload on this node */
+#define KM_EP_LOCAL (1u << 0) /* an enrolled workload on this node */
 
 /* Enrolment maps (cgroup id / netns cookie -> workload). */
 struct km_enrol {

@@ -15,7 +15,6 @@ struct lb_test_args {
 	__u32 rnd;       /* in: random input (when kernel_rnd is 0) */
 	__s32 verdict;   /* out: enum km_verdict */
 	__u32 svc_id;    /* out */
-	__u32 backend_id;
 	__u32 workload_id;
 	__u32 out_addr[4];
 	__u16 out_port;  /* network order */
@@ -46,7 +45,6 @@ int lb_select(struct lb_test_args *args)
 	else
 		args->verdict = km_lb_pick(svc, args->port, KM_FAM_V4, rnd, &pick);
 	args->svc_id = svc;
-	args->backend_id = pick.backend_id;
 	args->workload_id = pick.workload_id;
 	args->out_addr[0] = pick.addr[0];
 	args->out_addr[1] = pick.addr[1];

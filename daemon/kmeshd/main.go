@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
 	"time"
 
@@ -36,6 +37,7 @@ type flags struct {
 	logFormat string
 	modelFile string
 	xds       xdssource.Options
+	memLimit  int64
 }
 
 func parseFlags(args []string) (*flags, error) {
@@ -61,6 +63,7 @@ func parseFlags(args []string) (*flags, error) {
 	fs.StringVar(&f.opts.Observability.MetricsAddress, "metrics-address", telemetry.DefaultMetricsAddress, "Prometheus metrics at "+telemetry.MetricsPath+"; off disables")
 	fs.BoolVar(&f.opts.Observability.AccessLog, "access-log", false, "JSON access log on stdout, one line per closed connection (switch at runtime: kmeshctl monitoring)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error (per component at runtime: kmeshctl log --set xds:debug)")
+	fs.Int64Var(&f.memLimit, "memory-limit-mib", 0, "soft memory limit for the Go runtime in MiB (0 = none; GOMEMLIMIT overrides). Keep it well above the peak of a full config push, or parsing it thrashes the GC")
 	fs.StringVar(&f.logFormat, "log-format", "text", "text or json")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -121,6 +124,9 @@ func run(args []string) error {
 	slog.SetDefault(log)
 	f.opts.Logger = log
 	f.opts.Observability.Logging = logs
+	if _, set := os.LookupEnv("GOMEMLIMIT"); !set && f.memLimit > 0 {
+		debug.SetMemoryLimit(f.memLimit << 20)
+	}
 	if cmd == "uninstall" {
 		if err := daemon.Uninstall(f.opts); err != nil {
 			return err

@@ -2,6 +2,6 @@
 
 package bpf
 
-// LayoutVersion of the layout-next test build: km_be gains a field in the
-// middle, so pinned km_backend entries must be migrated field by field.
+// LayoutVersion of the layout-next test build: km_slot gains a field in the
+// middle, so pinned km_endpoint entries must be migrated field by field.
 const LayoutVersion = 2

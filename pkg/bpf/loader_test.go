@@ -119,10 +119,11 @@ func attachedCount(t *testing.T, cgroup string, at ebpf.AttachType) int {
 	return len(res.Programs)
 }
 
-// TestMigratesChangedLayout pins a km_backend with an older value layout
-// (no addr6, fields in another order) and entries, as a previous build
-// would have left it. Open must migrate the entries field by field into a
-// map of this build's layout, swap the pin, and leave every other map alone.
+// TestMigratesChangedLayout pins a km_endpoint with an older value layout
+// (fields in another order, no addr and flags) and entries, as a previous
+// build would have left it. Open must migrate the entries field by field
+// into a map of this build's layout, swap the pin, and leave every other map
+// alone.
 func TestMigratesChangedLayout(t *testing.T) {
 	testutil.Privileged(t)
 	cg := testutil.NewCgroup(t)
@@ -134,36 +135,48 @@ func TestMigratesChangedLayout(t *testing.T) {
 	frontendID := mapID(t, o.Maps[bpf.MapFrontend])
 	o.Close()
 
-	u32 := func(name string, off uint32) btf.Member {
-		return btf.Member{Name: name, Type: &btf.Int{Name: "__u32", Size: 4}, Offset: btf.Bits(off * 8)}
+	u32 := &btf.Int{Name: "__u32", Size: 4}
+	u8 := &btf.Int{Name: "__u8", Size: 1}
+	u16 := &btf.Int{Name: "__u16", Size: 2}
+	m := func(name string, typ btf.Type, off uint32) btf.Member {
+		return btf.Member{Name: name, Type: typ, Offset: btf.Bits(off * 8)}
 	}
-	old := &btf.Struct{Name: "km_be", Size: 12, Members: []btf.Member{u32("flags", 0), u32("addr4", 4), u32("workload_id", 8)}}
-	path := filepath.Join(opts.PinDir, "maps", bpf.MapBackend)
+	key := &btf.Struct{Name: "km_slot_key", Size: 16, Members: []btf.Member{
+		m("svc_id", u32, 0), m("gen", u32, 4), m("family", u8, 8), m("tier", u8, 9), m("pad", u16, 10), m("idx", u32, 12)}}
+	old := &btf.Struct{Name: "km_slot", Size: 28, Members: []btf.Member{
+		m("cum_weight", u32, 0), m("workload_id", u32, 4), m("target", &btf.Array{Index: u32, Type: u16, Nelems: 10}, 8)}}
+	path := filepath.Join(opts.PinDir, "maps", bpf.MapEndpoint)
 	if err := os.Remove(path); err != nil {
 		t.Fatal(err)
 	}
-	m, err := ebpf.NewMap(&ebpf.MapSpec{Name: bpf.MapBackend, Type: ebpf.Hash, KeySize: 4, ValueSize: 12, MaxEntries: 1000,
-		Flags: unix.BPF_F_NO_PREALLOC, Key: &btf.Int{Name: "__u32", Size: 4}, Value: old})
+	om, err := ebpf.NewMap(&ebpf.MapSpec{Name: bpf.MapEndpoint, Type: ebpf.Hash, KeySize: 16, ValueSize: 28, MaxEntries: 1000,
+		Flags: unix.BPF_F_NO_PREALLOC, Key: key, Value: old})
 	if err != nil {
 		t.Fatal(err)
 	}
-	for id := uint32(1); id <= 100; id++ {
-		if err := m.Put(id, [3]uint32{bpf.BackendLocal, 0x0100000a + id<<24, 1000 + id}); err != nil {
+	type oldSlot struct {
+		Cum, Workload uint32
+		Target        [10]uint16
+	}
+	for i := uint32(0); i < 100; i++ {
+		v := oldSlot{Cum: i + 1, Workload: 1000 + i}
+		v.Target[0], v.Target[9] = uint16(i), 0xabcd
+		if err := om.Put(bpf.SlotKey{SvcId: 7, Gen: 3, Idx: i}, v); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := m.Pin(path); err != nil {
+	if err := om.Pin(path); err != nil {
 		t.Fatal(err)
 	}
-	m.Close()
+	om.Close()
 
 	o, err = bpf.Open(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer o.Close()
-	if !slices.Equal(o.Adoption.Migrated, []string{bpf.MapBackend}) {
-		t.Fatalf("migrated %v, want only %s", o.Adoption.Migrated, bpf.MapBackend)
+	if !slices.Equal(o.Adoption.Migrated, []string{bpf.MapEndpoint}) {
+		t.Fatalf("migrated %v, want only %s", o.Adoption.Migrated, bpf.MapEndpoint)
 	}
 	if mapID(t, o.Maps[bpf.MapFrontend]) != frontendID {
 		t.Fatal("an unchanged map was replaced")
@@ -173,17 +186,18 @@ func TestMigratesChangedLayout(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer pinned.Close()
-	if mapID(t, pinned) != mapID(t, o.Maps[bpf.MapBackend]) {
+	if mapID(t, pinned) != mapID(t, o.Maps[bpf.MapEndpoint]) {
 		t.Fatal("the pin does not name the migrated map")
 	}
 	n := 0
-	var id uint32
-	var be bpf.Backend
+	var k bpf.SlotKey
+	var v bpf.Slot
 	it := pinned.Iterate()
-	for it.Next(&id, &be) {
+	for it.Next(&k, &v) {
 		n++
-		if be.WorkloadId != 1000+id || be.Addr4 != 0x0100000a+id<<24 || be.Flags != bpf.BackendLocal || be.Addr6 != [4]uint32{} {
-			t.Fatalf("entry %d migrated to %+v", id, be)
+		if k.SvcId != 7 || k.Gen != 3 || v.WorkloadId != 1000+k.Idx || v.CumWeight != k.Idx+1 ||
+			v.Target[0] != uint16(k.Idx) || v.Target[9] != 0xabcd || v.Addr != [4]uint32{} || v.Flags != 0 {
+			t.Fatalf("entry %+v migrated to %+v", k, v)
 		}
 	}
 	if it.Err() != nil || n != 100 {

@@ -27,7 +27,6 @@ type (
 	SvcRec       = objs.SockConnectKmSvcRec
 	SlotKey      = objs.SockConnectKmSlotKey
 	Slot         = objs.SockConnectKmSlot
-	Backend      = objs.SockConnectKmBe
 	Enrol        = objs.SockConnectKmEnrol
 	Config       = objs.SockConnectKmCfg
 	SockState    = objs.SockConnectKmSockState
@@ -59,9 +58,9 @@ const (
 	LocFailover = 2
 )
 
-// Backend flags (KM_BE_*), config flags (KM_CFG_*) and socket flags (KM_SK_*).
+// Endpoint flags (KM_EP_*), config flags (KM_CFG_*) and socket flags (KM_SK_*).
 const (
-	BackendLocal = 1 << 0
+	EndpointLocal = 1 << 0
 
 	ConfigAccel = 1 << 0
 
@@ -103,7 +102,6 @@ const (
 	MapSvcActive = "km_svc_active"
 	MapSvcGen    = "km_svc_gen"
 	MapEndpoint  = "km_endpoint"
-	MapBackend   = "km_backend"
 	MapRR        = "km_rr"
 	MapEnrolCg   = "km_enrol_cg"
 	MapEnrolNs   = "km_enrol_ns"

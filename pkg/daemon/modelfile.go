@@ -3,6 +3,7 @@ package daemon
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"os"
@@ -42,6 +43,16 @@ func LoadModelFile(path string) (*model.Snapshot, error) {
 		return nil, fmt.Errorf("%s is empty (write {} for an empty model)", path)
 	}
 	var s model.Snapshot
+	if trimmed := bytes.TrimSpace(b); trimmed[0] == '{' {
+		// JSON: decoded directly (converting a large file through YAML
+		// costs several times its size in memory and time).
+		dec := json.NewDecoder(bytes.NewReader(trimmed))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&s); err != nil {
+			return nil, fmt.Errorf("%s: %w", path, err)
+		}
+		return &s, nil
+	}
 	if err := yaml.UnmarshalStrict(b, &s); err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}

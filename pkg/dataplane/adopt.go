@@ -2,7 +2,6 @@ package dataplane
 
 import (
 	"errors"
-	"fmt"
 
 	"github.com/cilium/ebpf"
 
@@ -67,21 +66,6 @@ func (d *Dataplane) adopt() error {
 	if err := it.Err(); err != nil {
 		return err
 	}
-	// Backends.
-	backends := map[uint32]bpf.Backend{}
-	var bid uint32
-	var bv bpf.Backend
-	it = maps[bpf.MapBackend].Iterate()
-	for it.Next(&bid, &bv) {
-		backends[bid] = bv
-		if bid >= d.nextBackend {
-			d.nextBackend = bid + 1
-		}
-	}
-	if err := it.Err(); err != nil {
-		return err
-	}
-	d.live.backends = len(backends)
 	// Enrolments as they are.
 	var ek uint64
 	var ev bpf.Enrol
@@ -114,7 +98,6 @@ func (d *Dataplane) adopt() error {
 		d.log.Warn("ignoring unreadable dataplane state; ids are re-derived and the next full sync rewrites everything", "err", err)
 		st = nil
 	}
-	claimed := map[uint32]bool{}
 	if st != nil {
 		d.node = st.Node
 		for _, ps := range st.Services {
@@ -129,60 +112,22 @@ func (d *Dataplane) adopt() error {
 			// digest 0: content unknown, so the next update rewrites it.
 			d.svcs[ps.Service.Key] = s
 		}
-		for _, pw := range st.Workloads {
-			if pw.Workload == nil || pw.ID == 0 {
+		for _, w := range st.Workloads {
+			if w.id == 0 || w.uid == "" || d.wlByID[w.id] != nil {
 				continue
 			}
-			d.wlIDs.set(pw.Workload.UID, pw.ID)
-			w := &wlState{id: pw.ID, wl: pw.Workload}
-			if e := pw.Workload.Enrolment; e != nil {
-				w.enrol = enrolKey{present: true, cgroup: pw.CgroupID, level: pw.Level, netns: pw.Netns,
-					cgPath: e.CgroupPath, nsPath: e.NetnsPath}
-				if pw.CgroupID != 0 {
-					d.cgLevels[pw.Level]++
-				}
+			w.loc = d.internLoc(*w.loc)
+			for i := range w.svcs {
+				w.svcs[i].key = d.internKey(w.svcs[i].key)
 			}
-			if be, ok := backends[pw.Backend]; ok && pw.Backend != 0 && be.WorkloadId == pw.ID {
-				w.backend, w.beVal = pw.Backend, be
-				claimed[pw.Backend] = true
-			} else if err := d.recreateBackend(w); err != nil {
-				return err
+			if w.enrolment().cgroup != 0 {
+				d.cgLevels[w.enrolment().level]++
 			}
-			d.wls[pw.Workload.UID] = w
-			for key := range pw.Workload.Services {
-				if d.members[key] == nil {
-					d.members[key] = map[string]bool{}
-				}
-				d.members[key][pw.Workload.UID] = true
-			}
-		}
-	}
-	for id := range backends {
-		if !claimed[id] {
-			d.legacyBackends = append(d.legacyBackends, id)
+			d.installWorkload(nil, w)
 		}
 	}
 	d.log.Info("adopted pinned dataplane", "services", len(d.svcs), "workloads", len(d.wls),
-		"active_generations", len(active), "frontends", len(d.frontends), "unattributed_backends", len(d.legacyBackends))
-	return nil
-}
-
-// recreateBackend writes a backend record for an adopted workload whose
-// record is gone (the state file was older than the maps).
-func (d *Dataplane) recreateBackend(w *wlState) error {
-	be, ok, err := backendValue(w.wl, w.id)
-	if err != nil || !ok {
-		return err
-	}
-	id := d.nextBackend
-	if err := d.obj.Maps[bpf.MapBackend].Put(id, &be); err != nil {
-		return fmt.Errorf("adopting %s: %w", wlObject(w.wl.UID), err)
-	}
-	if d.nextBackend++; d.nextBackend == 0 {
-		d.nextBackend = 1
-	}
-	d.live.backends++
-	w.backend, w.beVal = id, be
+		"active_generations", len(active), "frontends", len(d.frontends))
 	return nil
 }
 
@@ -200,8 +145,8 @@ func (d *Dataplane) sweepUnowned() error {
 	owned := map[uint64]bool{}
 	ownedNs := map[uint64]bool{}
 	for _, w := range d.wls {
-		owned[w.enrol.cgroup] = true
-		ownedNs[w.enrol.netns] = true
+		owned[w.enrolment().cgroup] = true
+		ownedNs[w.enrolment().netns] = true
 	}
 	for id := range d.enrolCg {
 		if !owned[id] {

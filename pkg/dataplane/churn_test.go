@@ -272,7 +272,7 @@ loop:
 		t.Fatal(err)
 	}
 	u := e.dp.Usage()
-	if u.PendingSlots != 0 || u.PendingGenerations != 0 || u.PendingBackends != 0 {
+	if u.PendingSlots != 0 || u.PendingGenerations != 0 {
 		t.Fatalf("retired entries left after Sync: %+v", u)
 	}
 	checkMapCounts(t, e.dp)
@@ -288,7 +288,7 @@ func overlaps(iv [][2]int64, t0, t1 int64) bool {
 func checkMapCounts(t *testing.T, dp *Dataplane) {
 	t.Helper()
 	u := dp.Usage()
-	for name, want := range map[string]int{bpf.MapEndpoint: u.Slots, bpf.MapSvcGen: u.Generations, bpf.MapBackend: u.Backends, bpf.MapFrontend: u.Frontends} {
+	for name, want := range map[string]int{bpf.MapEndpoint: u.Slots, bpf.MapSvcGen: u.Generations, bpf.MapFrontend: u.Frontends} {
 		got := 0
 		it := dp.Objects().Maps[name].Iterate()
 		var k, v []byte

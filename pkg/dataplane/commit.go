@@ -10,49 +10,36 @@ import (
 // commit writes a plan to the maps in an order under which every concurrent
 // connect() sees either the old or the new state of each service:
 //
-//  1. new backends and enrolments are written (nothing references them yet);
+//  1. new enrolments are written;
 //  2. frontends that go away are deleted (connects to them pass through);
 //  3. each changed service gets a complete new generation, then one atomic
 //     flip (bpf.Objects.Flip) makes it active; the old one is retired;
 //  4. new frontends are written (their services are already active);
-//  5. superseded backends and enrolments are retired/removed.
+//  5. superseded enrolments are removed.
 //
-// Retired generations and backends are deleted by the collector after an RCU
-// grace period, never while a program may still read them.
+// Retired generations are deleted by the collector after an RCU grace
+// period, never while a program may still read them.
 func (d *Dataplane) commit(p *plan) error {
 	maps := d.obj.Maps
 
-	// 1. backends and enrolments.
-	var bk []uint32
-	var bv []bpf.Backend
-	for _, wp := range p.wlUp {
-		if wp.newBackend {
-			bk = append(bk, wp.backend)
-			bv = append(bv, wp.beVal)
-		}
-	}
-	if err := putBatch(maps[bpf.MapBackend], bk, bv); err != nil {
-		return fmt.Errorf("writing %s: %w", bpf.MapBackend, err)
-	}
-	d.live.backends += len(bk)
-	d.nextBackend = p.nextBackend
+	// 1. enrolments.
 	levelsChanged := false
-	for uid, wp := range p.wlUp {
+	for uid, st := range p.wlUp {
 		cur := d.wls[uid]
-		if e := wp.enrol; e.cgroup != 0 && (cur == nil || cur.enrol.cgroup != e.cgroup) {
-			if err := maps[bpf.MapEnrolCg].Put(e.cgroup, bpf.Enrol{WorkloadId: wp.id}); err != nil {
+		if e := st.enrolment(); e.cgroup != 0 && (cur == nil || cur.enrolment().cgroup != e.cgroup) {
+			if err := maps[bpf.MapEnrolCg].Put(e.cgroup, bpf.Enrol{WorkloadId: st.id}); err != nil {
 				return fmt.Errorf("enrolling cgroup %s: %w", e.cgPath, err)
 			}
-			d.enrolCg[e.cgroup] = wp.id
+			d.enrolCg[e.cgroup] = st.id
 			if d.cgLevels[e.level]++; d.cgLevels[e.level] == 1 {
 				levelsChanged = true
 			}
 		}
-		if e := wp.enrol; e.netns != 0 && (cur == nil || cur.enrol.netns != e.netns) {
-			if err := maps[bpf.MapEnrolNs].Put(e.netns, bpf.Enrol{WorkloadId: wp.id}); err != nil {
+		if e := st.enrolment(); e.netns != 0 && (cur == nil || cur.enrolment().netns != e.netns) {
+			if err := maps[bpf.MapEnrolNs].Put(e.netns, bpf.Enrol{WorkloadId: st.id}); err != nil {
 				return fmt.Errorf("enrolling netns %s: %w", e.nsPath, err)
 			}
-			d.enrolNs[e.netns] = wp.id
+			d.enrolNs[e.netns] = st.id
 		}
 	}
 	if levelsChanged {
@@ -80,6 +67,7 @@ func (d *Dataplane) commit(p *plan) error {
 		delete(d.svcs, key)
 		d.svcIDs.release(key)
 	}
+	var changed []genWrite
 	for key, r := range p.renders {
 		s := d.svcs[key]
 		if s == nil {
@@ -94,9 +82,10 @@ func (d *Dataplane) commit(p *plan) error {
 		if s.gen != 0 && s.digest == r.digest {
 			continue
 		}
-		if err := d.writeGeneration(s, r); err != nil {
-			return err
-		}
+		changed = append(changed, genWrite{s, r})
+	}
+	if err := d.writeGenerations(changed); err != nil {
+		return err
 	}
 
 	// 4. new frontends.
@@ -108,49 +97,22 @@ func (d *Dataplane) commit(p *plan) error {
 		d.frontends[k] = p.fe[k]
 	}
 
-	// 5. workload bookkeeping; superseded backends and enrolments.
+	// 5. workload bookkeeping; superseded enrolments.
 	for uid := range p.wlDel {
 		cur := d.wls[uid]
-		if err := d.dropEnrolment(cur.enrol, enrolKey{}, &levelsChanged); err != nil {
+		if err := d.dropEnrolment(cur.enrolment(), enrolKey{}, &levelsChanged); err != nil {
 			return err
 		}
-		if cur.backend != 0 {
-			d.retireBackend(cur.backend)
-		}
-		for key := range cur.wl.Services {
-			delete(d.members[key], uid)
-			if len(d.members[key]) == 0 {
-				delete(d.members, key)
-			}
-		}
-		delete(d.wls, uid)
-		d.wlIDs.release(uid)
+		d.removeWorkload(cur)
 	}
-	for uid, wp := range p.wlUp {
+	for uid, st := range p.wlUp {
 		cur := d.wls[uid]
 		if cur != nil {
-			if err := d.dropEnrolment(cur.enrol, wp.enrol, &levelsChanged); err != nil {
+			if err := d.dropEnrolment(cur.enrolment(), st.enrolment(), &levelsChanged); err != nil {
 				return err
 			}
-			if cur.backend != 0 && cur.backend != wp.backend {
-				d.retireBackend(cur.backend)
-			}
-			for key := range cur.wl.Services {
-				delete(d.members[key], uid)
-			}
 		}
-		for key := range wp.wl.Services {
-			if d.members[key] == nil {
-				d.members[key] = map[string]bool{}
-			}
-			d.members[key][uid] = true
-		}
-		d.wls[uid] = &wlState{id: wp.id, wl: wp.wl, backend: wp.backend, beVal: wp.beVal, enrol: wp.enrol}
-	}
-	for key, set := range d.members {
-		if len(set) == 0 {
-			delete(d.members, key)
-		}
+		d.installWorkload(cur, st)
 	}
 	if levelsChanged {
 		if err := d.writeConfig(); err != nil {
@@ -163,13 +125,71 @@ func (d *Dataplane) commit(p *plan) error {
 			return err
 		}
 	}
-	if len(d.legacyBackends) > 0 && d.allRewritten() {
-		for _, id := range d.legacyBackends {
-			d.retireBackend(id)
+	return nil
+}
+
+type genWrite struct {
+	s *svcState
+	r rendered
+}
+
+// writeGenerations writes new generations of many services with a few batch
+// syscalls, then flips each. When the maps cannot hold all of them next to
+// the generations they replace, it goes service by service, reclaiming
+// retired entries in between.
+func (d *Dataplane) writeGenerations(ws []genWrite) error {
+	total := 0
+	for _, w := range ws {
+		total += w.r.total
+	}
+	ps, pg := d.gc.pending()
+	if len(ws) < 2 || d.live.slots+ps+total > capSlots || d.live.gens+pg+len(ws) > capSvcGens {
+		for _, w := range ws {
+			if err := d.writeGeneration(w.s, w.r); err != nil {
+				return err
+			}
 		}
-		d.legacyBackends = nil
+		return nil
+	}
+	maps := d.obj.Maps
+	keys := make([]bpf.SlotKey, 0, total)
+	vals := make([]bpf.Slot, 0, total)
+	recKeys := make([]bpf.SvcKey, 0, len(ws))
+	recs := make([]bpf.SvcRec, 0, len(ws))
+	gens := make([]uint32, len(ws))
+	for i, w := range ws {
+		gens[i] = d.nextGen(w.s.id)
+		keys, vals = appendSlots(keys, vals, w.s.id, gens[i], &w.r)
+		recKeys = append(recKeys, bpf.SvcKey{SvcId: w.s.id, Gen: gens[i]})
+		recs = append(recs, w.r.rec)
+	}
+	if err := putBatch(maps[bpf.MapEndpoint], keys, vals); err != nil {
+		return fmt.Errorf("writing %s: %w", bpf.MapEndpoint, err)
+	}
+	if err := putBatch(maps[bpf.MapSvcGen], recKeys, recs); err != nil {
+		return fmt.Errorf("writing %s: %w", bpf.MapSvcGen, err)
+	}
+	d.live.slots += total
+	d.live.gens += len(ws)
+	for i, w := range ws {
+		if err := d.retireActive(w.s, gens[i]); err != nil {
+			return err
+		}
+		w.s.gen, w.s.count, w.s.digest = gens[i], w.r.rec.Count, w.r.digest
 	}
 	return nil
+}
+
+func appendSlots(keys []bpf.SlotKey, vals []bpf.Slot, svc, gen uint32, r *rendered) ([]bpf.SlotKey, []bpf.Slot) {
+	for f := range r.slots {
+		for t := range r.slots[f] {
+			for i, sl := range r.slots[f][t] {
+				keys = append(keys, bpf.SlotKey{SvcId: svc, Gen: gen, Family: uint8(f), Tier: uint8(t), Idx: uint32(i)})
+				vals = append(vals, sl)
+			}
+		}
+	}
+	return keys, vals
 }
 
 // writeGeneration writes r as a new generation of s and makes it active.
@@ -179,16 +199,7 @@ func (d *Dataplane) writeGeneration(s *svcState, r rendered) error {
 		return err
 	}
 	gen := d.nextGen(s.id)
-	keys := make([]bpf.SlotKey, 0, r.total)
-	vals := make([]bpf.Slot, 0, r.total)
-	for f := range r.slots {
-		for t := range r.slots[f] {
-			for i, sl := range r.slots[f][t] {
-				keys = append(keys, bpf.SlotKey{SvcId: s.id, Gen: gen, Family: uint8(f), Tier: uint8(t), Idx: uint32(i)})
-				vals = append(vals, sl)
-			}
-		}
-	}
+	keys, vals := appendSlots(make([]bpf.SlotKey, 0, r.total), make([]bpf.Slot, 0, r.total), s.id, gen, &r)
 	if err := putBatch(maps[bpf.MapEndpoint], keys, vals); err != nil {
 		return fmt.Errorf("writing %s for service id %d: %w", bpf.MapEndpoint, s.id, err)
 	}
@@ -236,23 +247,18 @@ func (d *Dataplane) readRec(svc, gen uint32) (bpf.SvcRec, bool) {
 	return rec, err == nil
 }
 
-func (d *Dataplane) retireBackend(id uint32) {
-	d.gc.retireBackend(id)
-	d.live.backends--
-}
-
 // reserve makes room for n more slots and one generation, reclaiming
 // retired entries synchronously when the maps are nearly full. The plan has
 // checked that the end state fits.
 func (d *Dataplane) reserve(n int) error {
-	ps, pg, _ := d.gc.pending()
+	ps, pg := d.gc.pending()
 	if d.live.slots+ps+n <= capSlots && d.live.gens+pg+1 <= capSvcGens {
 		return nil
 	}
 	if err := d.gc.collect(); err != nil {
 		return err
 	}
-	ps, pg, _ = d.gc.pending()
+	ps, pg = d.gc.pending()
 	if d.live.slots+ps+n > capSlots {
 		return &CapacityError{Map: bpf.MapEndpoint, Limit: capSlots, What: fmt.Sprintf("%d endpoint slots", n)}
 	}
@@ -307,15 +313,4 @@ func (d *Dataplane) writeConfig() error {
 		return fmt.Errorf("writing %s: %w", bpf.MapConfig, err)
 	}
 	return nil
-}
-
-// allRewritten reports whether every service's active generation was
-// written by this process (so adopted backends are no longer referenced).
-func (d *Dataplane) allRewritten() bool {
-	for _, s := range d.svcs {
-		if s.gen != 0 && s.digest == 0 {
-			return false
-		}
-	}
-	return true
 }

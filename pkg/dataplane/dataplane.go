@@ -21,7 +21,6 @@ const (
 	capFrontends = 131072
 	capSvcGens   = 131072
 	capSlots     = 262144
-	capBackends  = 262144
 	capEnrol     = 16384
 	wlIDLimit    = 1 << 24
 )
@@ -55,13 +54,15 @@ type Dataplane struct {
 	cgroupMount string
 	node        model.Node
 	svcIDs      *idSpace
-	wlIDs       *idSpace
 	svcs        map[string]*svcState
-	wls         map[string]*wlState
-	members     map[string]map[string]bool // service key -> uids of workloads naming it
+	wls         map[string]*wlState // by uid
+	wlByID      map[uint32]*wlState
+	members     map[string]map[uint32]struct{} // service key -> workloads naming it
+	keys        map[string]string              // interned service keys of memberships
+	locs        map[model.Locality]*model.Locality
+	scratch     sink
 	frontends   map[bpf.FrontendKey]uint32 // what km_frontend holds
 	genSeq      map[uint32]uint32          // last generation used per service id
-	nextBackend uint32
 	live        counts
 	enrolCg     map[uint64]uint32 // cgroup id -> workload id
 	enrolNs     map[uint64]uint32 // netns cookie -> workload id
@@ -69,12 +70,11 @@ type Dataplane struct {
 
 	gc    *collector
 	state *stateWriter
-	// adopted pinned state not yet rewritten or attributed by this process
-	legacyBackends []uint32
-	legacyLevels   uint64
+	// cgroup depths of adopted enrolments not yet attributed to a workload
+	legacyLevels uint64
 }
 
-type counts struct{ slots, gens, backends int }
+type counts struct{ slots, gens int }
 
 type svcState struct {
 	id     uint32
@@ -83,14 +83,6 @@ type svcState struct {
 	count  [bpf.Families][bpf.MaxTiers]uint32
 	digest uint64
 	fe     []bpf.FrontendKey
-}
-
-type wlState struct {
-	id      uint32
-	wl      *model.Workload
-	backend uint32
-	beVal   bpf.Backend
-	enrol   enrolKey
 }
 
 var _ API = (*Dataplane)(nil)
@@ -116,9 +108,10 @@ func Open(opts Options) (*Dataplane, error) {
 	}
 	d := &Dataplane{
 		obj: obj, log: opts.Logger, opts: opts, cgroupMount: mount,
-		svcIDs: newIDSpace(bpf.MaxServices), wlIDs: newIDSpace(wlIDLimit),
-		svcs: map[string]*svcState{}, wls: map[string]*wlState{}, members: map[string]map[string]bool{},
-		frontends: map[bpf.FrontendKey]uint32{}, genSeq: map[uint32]uint32{}, nextBackend: 1,
+		svcIDs: newIDSpace(bpf.MaxServices),
+		svcs:   map[string]*svcState{}, wls: map[string]*wlState{}, wlByID: map[uint32]*wlState{},
+		members: map[string]map[uint32]struct{}{}, keys: map[string]string{}, locs: map[model.Locality]*model.Locality{},
+		frontends: map[bpf.FrontendKey]uint32{}, genSeq: map[uint32]uint32{},
 		enrolCg: map[uint64]uint32{}, enrolNs: map[uint64]uint32{}, cgLevels: map[int]int{},
 	}
 	d.gc = newCollector(obj, d.log)
@@ -177,22 +170,24 @@ func (d *Dataplane) ServiceKey(id uint32) (string, bool) {
 func (d *Dataplane) WorkloadUID(id uint32) (string, bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return d.wlIDs.key(id)
+	if w := d.wlByID[id]; w != nil {
+		return w.uid, true
+	}
+	return "", false
 }
 
 // Usage reports map occupancy: entries live, and retired but not yet deleted.
 type Usage struct {
-	Services, Workloads, Frontends, Slots, Generations, Backends int
-	PendingSlots, PendingGenerations, PendingBackends            int
+	Services, Workloads, Frontends, Slots, Generations int
+	PendingSlots, PendingGenerations                   int
 }
 
 func (d *Dataplane) Usage() Usage {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	ps, pg, pb := d.gc.pending()
+	ps, pg := d.gc.pending()
 	return Usage{Services: len(d.svcs), Workloads: len(d.wls), Frontends: len(d.frontends),
-		Slots: d.live.slots, Generations: d.live.gens, Backends: d.live.backends,
-		PendingSlots: ps, PendingGenerations: pg, PendingBackends: pb}
+		Slots: d.live.slots, Generations: d.live.gens, PendingSlots: ps, PendingGenerations: pg}
 }
 
 // Sync waits until every retired entry has been deleted (tests, shutdown).
@@ -258,6 +253,20 @@ type change struct {
 
 func wlObject(uid string) string { return fmt.Sprintf("workload %q", uid) }
 
+// copyService copies s deeply: the dataplane keeps services, and callers may
+// reuse or mutate the values they passed.
+func copyService(s *model.Service) *model.Service {
+	c := *s
+	c.VIPs = append([]netip.Addr(nil), s.VIPs...)
+	c.Ports = append([]model.ServicePort(nil), s.Ports...)
+	c.LB.RoutingPreference = append([]model.LocalityScope(nil), s.LB.RoutingPreference...)
+	if s.Waypoint != nil {
+		w := *s.Waypoint
+		c.Waypoint = &w
+	}
+	return &c
+}
+
 func (d *Dataplane) run(ctx context.Context, ch change) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -285,45 +294,30 @@ type plan struct {
 	node       model.Node
 	nodeChange bool
 	newSvcIDs  []string // keys assigned an id by this plan (released on failure)
-	newWlIDs   []string
+	takenIDs   map[uint32]bool
 
-	svcUp  map[string]*model.Service // final content of upserted services
-	svcDel map[string]bool
-	wlUp   map[string]*wlPlan
-	wlDel  map[string]bool
+	svcUp    map[string]*model.Service // final content of upserted services
+	svcDel   map[string]bool
+	wlUp     map[string]*wlState // new state of upserted workloads, by uid
+	wlUpByID map[uint32]*wlState
+	wlDel    map[string]bool
 
 	renders map[string]rendered // services to (re)write
 	fe      map[bpf.FrontendKey]uint32
 	feAdd   []bpf.FrontendKey
 	feDel   []bpf.FrontendKey
-	members map[string]map[string]bool // membership changes: full sets for touched keys
-
-	nextBackend uint32 // first backend id not handed out
+	members map[string]map[uint32]struct{} // membership of touched services in the new view
 }
 
-type wlPlan struct {
-	wl         *model.Workload
-	id         uint32
-	backend    uint32 // 0 when the workload has no address
-	beVal      bpf.Backend
-	newBackend bool
-	enrol      enrolKey
-}
-
-func (d *Dataplane) plan(ch change) (_ *plan, err error) {
-	// p is a local, not the named result: error returns set the result to nil,
-	// and the deferred release below must still see the plan.
-	p := &plan{node: d.node, full: ch.full, nextBackend: d.nextBackend, svcUp: map[string]*model.Service{}, svcDel: map[string]bool{},
-		wlUp: map[string]*wlPlan{}, wlDel: map[string]bool{}, renders: map[string]rendered{},
-		members: map[string]map[string]bool{}}
+func (d *Dataplane) plan(ch change) (p *plan, err error) {
+	p = &plan{node: d.node, full: ch.full, svcUp: map[string]*model.Service{}, svcDel: map[string]bool{},
+		wlUp: map[string]*wlState{}, wlUpByID: map[uint32]*wlState{}, wlDel: map[string]bool{}, renders: map[string]rendered{},
+		members: map[string]map[uint32]struct{}{}, takenIDs: map[uint32]bool{}}
 	assigned := p // ids assigned while planning go back if the plan fails
 	defer func() {
 		if err != nil {
 			for _, k := range assigned.newSvcIDs {
 				d.svcIDs.release(k)
-			}
-			for _, k := range assigned.newWlIDs {
-				d.wlIDs.release(k)
 			}
 		}
 	}()
@@ -345,8 +339,7 @@ func (d *Dataplane) plan(ch change) (_ *plan, err error) {
 		if cur, ok := d.svcs[key]; ok && reflect.DeepEqual(cur.svc, svc) && !p.nodeChange {
 			continue
 		}
-		cp := *svc
-		p.svcUp[key] = &cp
+		p.svcUp[key] = copyService(svc)
 		if _, ok := d.svcs[key]; !ok {
 			if _, isNew, ok := d.svcIDs.assign(key); !ok {
 				return nil, &CapacityError{Map: bpf.MapSvcActive, Limit: bpf.MaxServices - 1, What: svcObject(key)}
@@ -376,17 +369,16 @@ func (d *Dataplane) plan(ch change) (_ *plan, err error) {
 			}
 			continue
 		}
-		if cur != nil && reflect.DeepEqual(cur.wl, wl) {
+		h := hashWorkload(&d.scratch, wl)
+		if cur != nil && cur.hash == h {
 			continue
 		}
-		wp, err := d.planWorkload(p, wl, cur)
+		st, err := d.planWorkload(p, wl, h)
 		if err != nil {
 			return nil, err
 		}
-		if cur == nil {
-			p.newWlIDs = append(p.newWlIDs, uid)
-		}
-		p.wlUp[uid] = wp
+		p.wlUp[uid] = st
+		p.wlUpByID[st.id] = st
 	}
 	if ch.full {
 		for uid := range d.wls {
@@ -396,18 +388,18 @@ func (d *Dataplane) plan(ch change) (_ *plan, err error) {
 		}
 	}
 	for uid := range p.wlDel {
-		for key := range d.wls[uid].wl.Services {
-			touched[key] = true
+		for _, m := range d.wls[uid].svcs {
+			touched[m.key] = true
 		}
 	}
-	for uid, wp := range p.wlUp {
+	for uid, st := range p.wlUp {
 		if cur := d.wls[uid]; cur != nil {
-			for key := range cur.wl.Services {
-				touched[key] = true
+			for _, m := range cur.svcs {
+				touched[m.key] = true
 			}
 		}
-		for key := range wp.wl.Services {
-			touched[key] = true
+		for _, m := range st.svcs {
+			touched[m.key] = true
 		}
 	}
 	if p.nodeChange {
@@ -418,20 +410,24 @@ func (d *Dataplane) plan(ch change) (_ *plan, err error) {
 		}
 	}
 
-	// Membership of touched services in the new view.
+	// Membership of touched services in the new view: the current members
+	// that stay, plus the upserted workloads that name the service.
+	joins := map[string][]uint32{}
+	for _, st := range p.wlUp {
+		for _, m := range st.svcs {
+			joins[m.key] = append(joins[m.key], st.id)
+		}
+	}
 	for key := range touched {
-		set := map[string]bool{}
-		for uid := range d.members[key] {
-			if !p.wlDel[uid] {
-				set[uid] = true
+		set := make(map[uint32]struct{}, len(d.members[key])+len(joins[key]))
+		for id := range d.members[key] {
+			w := d.wlByID[id]
+			if !p.wlDel[w.uid] && p.wlUp[w.uid] == nil {
+				set[id] = struct{}{}
 			}
 		}
-		for uid, wp := range p.wlUp {
-			if _, ok := wp.wl.Services[key]; ok {
-				set[uid] = true
-			} else {
-				delete(set, uid)
-			}
+		for _, id := range joins[key] {
+			set[id] = struct{}{}
 		}
 		p.members[key] = set
 	}
@@ -463,120 +459,6 @@ func (d *Dataplane) plan(ch change) (_ *plan, err error) {
 		return nil, err
 	}
 	return p, nil
-}
-
-// planWorkload validates a workload and prepares its backend and enrolment.
-func (d *Dataplane) planWorkload(p *plan, wl *model.Workload, cur *wlState) (*wlPlan, error) {
-	obj := wlObject(wl.UID)
-	if wl.UID == "" {
-		return nil, &InvalidError{Object: "workload", Reason: "empty uid"}
-	}
-	wp := &wlPlan{wl: new(model.Workload)}
-	*wp.wl = *wl
-	id, _, ok := d.wlIDs.assign(wl.UID)
-	if !ok {
-		return nil, &CapacityError{Map: "workload ids", Limit: wlIDLimit - 1, What: obj}
-	}
-	wp.id = id
-	be, hasBackend, err := backendValue(wl, id)
-	if err != nil {
-		return nil, err
-	}
-	if e := wl.Enrolment; e != nil {
-		if e.CgroupPath == "" && e.NetnsPath == "" {
-			return nil, &InvalidError{Object: obj, Reason: "enrolment names neither a cgroup nor a netns"}
-		}
-		wp.enrol.present = true
-		if e.CgroupPath != "" {
-			id, level, abs, err := resolveCgroup(d.cgroupMount, e.CgroupPath)
-			if err != nil {
-				return nil, &InvalidError{Object: obj, Reason: "enrolment: " + err.Error()}
-			}
-			wp.enrol.cgroup, wp.enrol.level, wp.enrol.cgPath = id, level, abs
-			if owner, ok := d.enrolCg[id]; ok && owner != wp.id {
-				return nil, &InvalidError{Object: obj, Reason: fmt.Sprintf("cgroup %s is already enrolled by another workload", abs)}
-			}
-		}
-		if e.NetnsPath != "" {
-			c, err := netnsCookie(e.NetnsPath)
-			if err != nil {
-				return nil, &InvalidError{Object: obj, Reason: "enrolment: " + err.Error()}
-			}
-			wp.enrol.netns, wp.enrol.nsPath = c, e.NetnsPath
-			if owner, ok := d.enrolNs[c]; ok && owner != wp.id {
-				return nil, &InvalidError{Object: obj, Reason: fmt.Sprintf("netns %s is already enrolled by another workload", e.NetnsPath)}
-			}
-		}
-	}
-	if hasBackend {
-		wp.beVal = be
-		if cur != nil && cur.backend != 0 && cur.beVal == wp.beVal {
-			wp.backend = cur.backend
-		} else {
-			wp.backend = p.nextBackend
-			wp.newBackend = true
-			if p.nextBackend++; p.nextBackend == 0 {
-				p.nextBackend = 1
-			}
-		}
-	}
-	return wp, nil
-}
-
-// backendValue is the km_backend record of a workload: its first IPv4 and
-// first IPv6 address, and whether it is local (enrolled on this node).
-// ok is false for a workload without addresses.
-func backendValue(wl *model.Workload, id uint32) (be bpf.Backend, ok bool, err error) {
-	var v4, v6 netip.Addr
-	for _, a := range wl.Addresses {
-		if !a.IsValid() || a.IsUnspecified() || a.Zone() != "" {
-			return be, false, &InvalidError{Object: wlObject(wl.UID), Reason: fmt.Sprintf("address %v is not usable", a)}
-		}
-		a = a.Unmap()
-		if a.Is4() && !v4.IsValid() {
-			v4 = a
-		} else if a.Is6() && !v6.IsValid() {
-			v6 = a
-		}
-	}
-	if !v4.IsValid() && !v6.IsValid() {
-		return be, false, nil
-	}
-	be.WorkloadId = id
-	if v4.IsValid() {
-		be.Addr4 = addr4(v4)
-	}
-	if v6.IsValid() {
-		be.Addr6 = addr16(v6)
-	}
-	if wl.Enrolment != nil {
-		be.Flags |= bpf.BackendLocal
-	}
-	return be, true, nil
-}
-
-// membersOf lists the members of service key in the planned view.
-func (d *Dataplane) membersOf(p *plan, key string) []member {
-	var out []member
-	for uid := range p.members[key] {
-		var wl *model.Workload
-		var backend uint32
-		var be bpf.Backend
-		var id uint32
-		if wp, ok := p.wlUp[uid]; ok {
-			wl, backend, be, id = wp.wl, wp.backend, wp.beVal, wp.id
-		} else if cur, ok := d.wls[uid]; ok {
-			wl, backend, be, id = cur.wl, cur.backend, cur.beVal, cur.id
-		} else {
-			continue
-		}
-		if !wl.Healthy || backend == 0 {
-			continue
-		}
-		out = append(out, member{id: id, backend: backend, v4: be.Addr4 != 0, v6: be.Addr6 != [4]uint32{},
-			weight: wl.Weight, locality: wl.Locality, ports: wl.Services[key]})
-	}
-	return out
 }
 
 // planFrontends computes km_frontend's next content and the difference.
@@ -615,14 +497,14 @@ func (d *Dataplane) planFrontends(p *plan) error {
 	if len(next) > capFrontends {
 		var fe []delta
 		for key := range p.svcDel {
-			fe = append(fe, delta{svcObject(key), -len(d.svcs[key].fe)})
+			fe = append(fe, delta{key: key, n: -len(d.svcs[key].fe)})
 		}
 		for key, svc := range p.svcUp {
 			n := len(frontendKeys(svc))
 			if cur := d.svcs[key]; cur != nil {
 				n -= len(cur.fe)
 			}
-			fe = append(fe, delta{svcObject(key), n})
+			fe = append(fe, delta{key: key, n: n})
 		}
 		return &CapacityError{Map: bpf.MapFrontend, Limit: capFrontends, What: "the frontends of " + firstOver(len(d.frontends), capFrontends, fe)}
 	}
@@ -652,8 +534,17 @@ func frontendKeys(s *model.Service) []bpf.FrontendKey {
 
 // delta is one object's change of a map's entry count.
 type delta struct {
-	obj string // e.g. `service "ns/a"`, as callers and logs name it
+	key string
+	wl  bool // key is a workload uid (else a service key)
 	n   int
+}
+
+// obj names the object as callers and logs do, e.g. `service "ns/a"`.
+func (d delta) obj() string {
+	if d.wl {
+		return wlObject(d.key)
+	}
+	return svcObject(d.key)
 }
 
 // firstOver applies deltas to base, shrinking ones first and then growing
@@ -661,12 +552,6 @@ type delta struct {
 // limit ("" when the end state fits). Naming it lets a caller reject that
 // object and apply the rest.
 func firstOver(base, limit int, deltas []delta) string {
-	sort.Slice(deltas, func(i, j int) bool {
-		if (deltas[i].n < 0) != (deltas[j].n < 0) {
-			return deltas[i].n < 0
-		}
-		return deltas[i].obj < deltas[j].obj
-	})
 	total := base
 	for _, d := range deltas {
 		total += d.n
@@ -674,13 +559,19 @@ func firstOver(base, limit int, deltas []delta) string {
 	if total <= limit {
 		return ""
 	}
+	sort.Slice(deltas, func(i, j int) bool {
+		if (deltas[i].n < 0) != (deltas[j].n < 0) {
+			return deltas[i].n < 0
+		}
+		return deltas[i].key < deltas[j].key
+	})
 	total = base
 	for _, d := range deltas {
 		if total += d.n; total > limit {
-			return d.obj
+			return d.obj()
 		}
 	}
-	return deltas[len(deltas)-1].obj
+	return deltas[len(deltas)-1].obj()
 }
 
 // checkCapacity rejects a change whose end state does not fit the maps,
@@ -689,8 +580,8 @@ func (d *Dataplane) checkCapacity(p *plan) error {
 	var slots, gens []delta
 	for key := range p.svcDel {
 		if s := d.svcs[key]; s != nil && s.gen != 0 {
-			slots = append(slots, delta{svcObject(key), -countSlots(s.count)})
-			gens = append(gens, delta{svcObject(key), -1})
+			slots = append(slots, delta{key: key, n: -countSlots(s.count)})
+			gens = append(gens, delta{key: key, n: -1})
 		}
 	}
 	for key, r := range p.renders {
@@ -702,8 +593,8 @@ func (d *Dataplane) checkCapacity(p *plan) error {
 			n -= countSlots(s.count)
 			g = 0
 		}
-		slots = append(slots, delta{svcObject(key), n})
-		gens = append(gens, delta{svcObject(key), g})
+		slots = append(slots, delta{key: key, n: n})
+		gens = append(gens, delta{key: key, n: g})
 	}
 	if obj := firstOver(d.live.slots, capSlots, slots); obj != "" {
 		return &CapacityError{Map: bpf.MapEndpoint, Limit: capSlots, What: "the endpoints of " + obj}
@@ -711,47 +602,34 @@ func (d *Dataplane) checkCapacity(p *plan) error {
 	if obj := firstOver(d.live.gens, capSvcGens, gens); obj != "" {
 		return &CapacityError{Map: bpf.MapSvcGen, Limit: capSvcGens, What: obj}
 	}
-	var backends, cg, ns []delta
+	var cg, ns []delta
 	for uid := range p.wlDel {
 		w := d.wls[uid]
-		if w.backend != 0 {
-			backends = append(backends, delta{wlObject(uid), -1})
+		if w.enrolment().cgroup != 0 {
+			cg = append(cg, delta{key: uid, wl: true, n: -1})
 		}
-		if w.enrol.cgroup != 0 {
-			cg = append(cg, delta{wlObject(uid), -1})
-		}
-		if w.enrol.netns != 0 {
-			ns = append(ns, delta{wlObject(uid), -1})
+		if w.enrolment().netns != 0 {
+			ns = append(ns, delta{key: uid, wl: true, n: -1})
 		}
 	}
-	for uid, wp := range p.wlUp {
-		b, c, n := 0, 0, 0
+	for uid, st := range p.wlUp {
+		c, n := 0, 0
 		if cur := d.wls[uid]; cur != nil {
-			if cur.backend != 0 && cur.backend != wp.backend {
-				b--
-			}
-			if cur.enrol.cgroup != 0 {
+			if cur.enrolment().cgroup != 0 {
 				c--
 			}
-			if cur.enrol.netns != 0 {
+			if cur.enrolment().netns != 0 {
 				n--
 			}
 		}
-		if wp.newBackend {
-			b++
-		}
-		if wp.enrol.cgroup != 0 {
+		if st.enrolment().cgroup != 0 {
 			c++
 		}
-		if wp.enrol.netns != 0 {
+		if st.enrolment().netns != 0 {
 			n++
 		}
-		backends = append(backends, delta{wlObject(uid), b})
-		cg = append(cg, delta{wlObject(uid), c})
-		ns = append(ns, delta{wlObject(uid), n})
-	}
-	if obj := firstOver(d.live.backends, capBackends, backends); obj != "" {
-		return &CapacityError{Map: bpf.MapBackend, Limit: capBackends, What: obj}
+		cg = append(cg, delta{key: uid, wl: true, n: c})
+		ns = append(ns, delta{key: uid, wl: true, n: n})
 	}
 	if obj := firstOver(len(d.enrolCg), capEnrol, cg); obj != "" {
 		return &CapacityError{Map: bpf.MapEnrolCg, Limit: capEnrol, What: "the cgroup enrolment of " + obj}

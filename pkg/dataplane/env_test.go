@@ -31,7 +31,7 @@ const (
 )
 
 type env struct {
-	t      *testing.T
+	t      testing.TB
 	dp     *Dataplane
 	opts   Options
 	attach *testutil.Cgroup // programs attach here (stands in for the cgroup2 root)
@@ -43,7 +43,7 @@ type env struct {
 	plain  *testutil.Host
 }
 
-func newEnv(t *testing.T, mutate ...func(*Options)) *env {
+func newEnv(t testing.TB, mutate ...func(*Options)) *env {
 	t.Helper()
 	testutil.Privileged(t)
 	e := &env{t: t}

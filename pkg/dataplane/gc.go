@@ -26,7 +26,7 @@ func (g retiredGen) slots() int {
 	return n
 }
 
-// collector deletes retired generations and backends once no running BPF
+// collector deletes retired generations once no running BPF
 // program can still hold them: it waits for an RCU grace period (Barrier)
 // that started after the retirement, then deletes. Writers never wait for
 // it, except when a map is nearly full (reclaim).
@@ -34,11 +34,10 @@ type collector struct {
 	obj *bpf.Objects
 	log *slog.Logger
 
-	mu       sync.Mutex
-	gens     []retiredGen
-	backends []uint32
+	mu   sync.Mutex
+	gens []retiredGen
 	// pending counts entries retired but not yet deleted, for capacity checks.
-	pendingSlots, pendingGens, pendingBackends int
+	pendingSlots, pendingGens int
 
 	runMu sync.Mutex // one barrier+delete pass at a time
 	wake  chan struct{}
@@ -62,14 +61,6 @@ func (c *collector) retireGen(g retiredGen) {
 	c.kick()
 }
 
-func (c *collector) retireBackend(id uint32) {
-	c.mu.Lock()
-	c.backends = append(c.backends, id)
-	c.pendingBackends++
-	c.mu.Unlock()
-	c.kick()
-}
-
 func (c *collector) kick() {
 	select {
 	case c.wake <- struct{}{}:
@@ -77,10 +68,10 @@ func (c *collector) kick() {
 	}
 }
 
-func (c *collector) pending() (slots, gens, backends int) {
+func (c *collector) pending() (slots, gens int) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.pendingSlots, c.pendingGens, c.pendingBackends
+	return c.pendingSlots, c.pendingGens
 }
 
 func (c *collector) loop() {
@@ -103,15 +94,15 @@ func (c *collector) collect() error {
 	c.runMu.Lock()
 	defer c.runMu.Unlock()
 	c.mu.Lock()
-	gens, backends := c.gens, c.backends
-	c.gens, c.backends = nil, nil
+	gens := c.gens
+	c.gens = nil
 	c.mu.Unlock()
-	if len(gens) == 0 && len(backends) == 0 {
+	if len(gens) == 0 {
 		return nil
 	}
 	if err := c.obj.Barrier(); err != nil {
 		c.mu.Lock()
-		c.gens, c.backends = append(gens, c.gens...), append(backends, c.backends...)
+		c.gens = append(gens, c.gens...)
 		c.mu.Unlock()
 		return err
 	}
@@ -132,12 +123,10 @@ func (c *collector) collect() error {
 	err := errors.Join(
 		deleteKeys(c.obj.Maps[bpf.MapEndpoint], slotKeys),
 		deleteKeys(c.obj.Maps[bpf.MapSvcGen], genKeys),
-		deleteKeys(c.obj.Maps[bpf.MapBackend], backends),
 	)
 	c.mu.Lock()
 	c.pendingSlots -= slots
 	c.pendingGens -= len(gens)
-	c.pendingBackends -= len(backends)
 	c.mu.Unlock()
 	return err
 }

@@ -13,11 +13,20 @@ import (
 	"github.com/kmesh-go/kmesh/pkg/model"
 )
 
+// endpoint is where a workload is reached: its first IPv4 and first IPv6
+// address (16-byte map form) and whether it is local (enrolled here).
+type endpoint struct {
+	addr  [bpf.Families][4]uint32
+	has   [bpf.Families]bool
+	local bool
+}
+
+func (e endpoint) usable() bool { return e.has[bpf.FamV4] || e.has[bpf.FamV6] }
+
 // member is what rendering needs to know about one workload of a service.
 type member struct {
 	id       uint32 // workload id
-	backend  uint32 // backend id (km_backend key)
-	v4, v6   bool   // has an address of the family
+	ep       endpoint
 	weight   uint32
 	locality model.Locality
 	ports    []model.WorkloadPort // overrides for this service
@@ -150,7 +159,7 @@ func targetPort(p model.ServicePort, overrides []model.WorkloadPort) uint16 {
 }
 
 // render builds a service's next generation from its members (healthy
-// workloads with a backend). Members are ordered by workload id so equal
+// workloads with an address). Members are ordered by workload id so equal
 // input renders equal output.
 func render(s *model.Service, members []member, node model.Node) (rendered, error) {
 	var r rendered
@@ -177,14 +186,18 @@ func render(s *model.Service, members []member, node model.Node) (rendered, erro
 		if alg == bpf.AlgWeighted && m.weight > 0 {
 			w = m.weight
 		}
-		slot := bpf.Slot{BackendId: m.backend}
+		slot := bpf.Slot{WorkloadId: m.id}
+		if m.ep.local {
+			slot.Flags |= bpf.EndpointLocal
+		}
 		for i, p := range s.Ports {
 			slot.Target[i] = htons(targetPort(p, m.ports))
 		}
-		for fam, has := range [bpf.Families]bool{m.v4, m.v6} {
+		for fam, has := range m.ep.has {
 			if !has {
 				continue
 			}
+			slot.Addr = m.ep.addr[fam]
 			wsum[fam][tier] += uint64(w)
 			if wsum[fam][tier] > math.MaxUint32 {
 				return r, &InvalidError{Object: svcObject(s.Key), Reason: "sum of endpoint weights exceeds 2^32-1"}
@@ -240,10 +253,4 @@ func addrFrom16(w [4]uint32) netip.Addr {
 		binary.NativeEndian.PutUint32(b[i*4:], w[i])
 	}
 	return netip.AddrFrom16(b).Unmap()
-}
-
-// addr4 is the maps' IPv4 word (network order).
-func addr4(a netip.Addr) uint32 {
-	b := a.As4()
-	return binary.NativeEndian.Uint32(b[:])
 }

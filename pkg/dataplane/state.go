@@ -1,8 +1,6 @@
 package dataplane
 
 import (
-	"bufio"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -15,7 +13,7 @@ import (
 	"github.com/kmesh-go/kmesh/pkg/model"
 )
 
-// The state file (<state-dir>/dataplane.json) lets a restarted daemon carry
+// The state file (<state-dir>/dataplane.state, see codec.go) lets a restarted daemon carry
 // on where the last one stopped: the ids behind the pinned maps and the model
 // they were rendered from, so incremental updates work before the source's
 // first full sync. It is written in the background at most every
@@ -23,34 +21,25 @@ import (
 // reboot either). After a crash it can be up to that old; the pinned maps
 // stay authoritative (see adopt) and a full Apply converges everything.
 const (
-	stateFile     = "dataplane.json"
+	stateFile     = "dataplane.state"
 	stateFormat   = 1
 	stateDebounce = 300 * time.Millisecond
 )
 
 type persisted struct {
-	Format    int            `json:"format"`
-	Node      model.Node     `json:"node"`
-	Services  []persistedSvc `json:"services"`
-	Workloads []persistedWl  `json:"workloads"`
+	Format    int
+	Node      model.Node
+	Services  []persistedSvc
+	Workloads []*wlState
 }
 
 type persistedSvc struct {
-	ID      uint32         `json:"id"`
-	Service *model.Service `json:"service"`
+	ID      uint32
+	Service *model.Service
 }
 
-type persistedWl struct {
-	ID       uint32          `json:"id"`
-	Backend  uint32          `json:"backend,omitempty"`
-	Workload *model.Workload `json:"workload"`
-	CgroupID uint64          `json:"cgroupId,omitempty"`
-	Level    int             `json:"cgroupLevel,omitempty"`
-	Netns    uint64          `json:"netnsCookie,omitempty"`
-}
-
-// snapshotState captures the state under d.mu (the model values are never
-// mutated after being stored, so sharing the pointers is safe).
+// snapshotState captures the state under d.mu (services and workload states
+// are never mutated after being stored, so sharing the pointers is safe).
 func (d *Dataplane) snapshotState() *persisted {
 	p := &persisted{Format: stateFormat, Node: d.node}
 	for key, s := range d.svcs {
@@ -58,9 +47,9 @@ func (d *Dataplane) snapshotState() *persisted {
 			p.Services = append(p.Services, persistedSvc{ID: id, Service: s.svc})
 		}
 	}
+	p.Workloads = make([]*wlState, 0, len(d.wls))
 	for _, w := range d.wls {
-		p.Workloads = append(p.Workloads, persistedWl{ID: w.id, Backend: w.backend, Workload: w.wl,
-			CgroupID: w.enrol.cgroup, Level: w.enrol.level, Netns: w.enrol.netns})
+		p.Workloads = append(p.Workloads, w)
 	}
 	return p
 }
@@ -141,11 +130,7 @@ func writeState(path string, p *persisted) error {
 	if err != nil {
 		return err
 	}
-	bw := bufio.NewWriterSize(f, 64<<10)
-	err = json.NewEncoder(bw).Encode(p)
-	if err == nil {
-		err = bw.Flush()
-	}
+	err = encodeState(f, p)
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
@@ -166,14 +151,11 @@ func readState(dir string) (*persisted, error) {
 		return nil, err
 	}
 	defer f.Close()
-	var p persisted
-	if err := json.NewDecoder(bufio.NewReader(f)).Decode(&p); err != nil {
+	p, err := decodeState(f)
+	if err != nil {
 		return nil, fmt.Errorf("%s: %w", f.Name(), err)
 	}
-	if p.Format != stateFormat {
-		return nil, fmt.Errorf("%s: unknown format %d", f.Name(), p.Format)
-	}
-	return &p, nil
+	return p, nil
 }
 
 // RemoveState deletes the state file (kmeshd uninstall).

@@ -26,7 +26,6 @@ type ControlKmFlipArgs struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	ControlMapKmAccelRx          = "km_accel_rx"
-	ControlMapKmBackend          = "km_backend"
 	ControlMapKmConfig           = "km_config"
 	ControlMapKmEndpoint         = "km_endpoint"
 	ControlMapKmEnrolCg          = "km_enrol_cg"
@@ -95,7 +94,6 @@ type ControlProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type ControlMapSpecs struct {
 	KmAccelRx   *ebpf.MapSpec `ebpf:"km_accel_rx"`
-	KmBackend   *ebpf.MapSpec `ebpf:"km_backend"`
 	KmConfig    *ebpf.MapSpec `ebpf:"km_config"`
 	KmEndpoint  *ebpf.MapSpec `ebpf:"km_endpoint"`
 	KmEnrolCg   *ebpf.MapSpec `ebpf:"km_enrol_cg"`
@@ -140,7 +138,6 @@ func (o *ControlObjects) Close() error {
 // It can be passed to LoadControlObjects or ebpf.CollectionSpec.LoadAndAssign.
 type ControlMaps struct {
 	KmAccelRx   *ebpf.Map `ebpf:"km_accel_rx"`
-	KmBackend   *ebpf.Map `ebpf:"km_backend"`
 	KmConfig    *ebpf.Map `ebpf:"km_config"`
 	KmEndpoint  *ebpf.Map `ebpf:"km_endpoint"`
 	KmEnrolCg   *ebpf.Map `ebpf:"km_enrol_cg"`
@@ -159,7 +156,6 @@ type ControlMaps struct {
 func (m *ControlMaps) Close() error {
 	return _ControlClose(
 		m.KmAccelRx,
-		m.KmBackend,
 		m.KmConfig,
 		m.KmEndpoint,
 		m.KmEnrolCg,

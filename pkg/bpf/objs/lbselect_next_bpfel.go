@@ -22,7 +22,6 @@ type LbSelectLbTestArgs struct {
 	Rnd        uint32
 	Verdict    int32
 	SvcId      uint32
-	BackendId  uint32
 	WorkloadId uint32
 	OutAddr    [4]uint32
 	OutPort    uint16
@@ -35,7 +34,6 @@ type LbSelectLbTestArgs struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	LbSelectMapKmAccelRx          = "km_accel_rx"
-	LbSelectMapKmBackend          = "km_backend"
 	LbSelectMapKmConfig           = "km_config"
 	LbSelectMapKmEndpoint         = "km_endpoint"
 	LbSelectMapKmEnrolCg          = "km_enrol_cg"
@@ -104,7 +102,6 @@ type LbSelectProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type LbSelectMapSpecs struct {
 	KmAccelRx   *ebpf.MapSpec `ebpf:"km_accel_rx"`
-	KmBackend   *ebpf.MapSpec `ebpf:"km_backend"`
 	KmConfig    *ebpf.MapSpec `ebpf:"km_config"`
 	KmEndpoint  *ebpf.MapSpec `ebpf:"km_endpoint"`
 	KmEnrolCg   *ebpf.MapSpec `ebpf:"km_enrol_cg"`
@@ -149,7 +146,6 @@ func (o *LbSelectObjects) Close() error {
 // It can be passed to LoadLbSelectObjects or ebpf.CollectionSpec.LoadAndAssign.
 type LbSelectMaps struct {
 	KmAccelRx   *ebpf.Map `ebpf:"km_accel_rx"`
-	KmBackend   *ebpf.Map `ebpf:"km_backend"`
 	KmConfig    *ebpf.Map `ebpf:"km_config"`
 	KmEndpoint  *ebpf.Map `ebpf:"km_endpoint"`
 	KmEnrolCg   *ebpf.Map `ebpf:"km_enrol_cg"`
@@ -168,7 +164,6 @@ type LbSelectMaps struct {
 func (m *LbSelectMaps) Close() error {
 	return _LbSelectClose(
 		m.KmAccelRx,
-		m.KmBackend,
 		m.KmConfig,
 		m.KmEndpoint,
 		m.KmEnrolCg,

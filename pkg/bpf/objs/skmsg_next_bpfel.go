@@ -17,7 +17,6 @@ import (
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	SkMsgMapKmAccelRx          = "km_accel_rx"
-	SkMsgMapKmBackend          = "km_backend"
 	SkMsgMapKmConfig           = "km_config"
 	SkMsgMapKmEndpoint         = "km_endpoint"
 	SkMsgMapKmEnrolCg          = "km_enrol_cg"
@@ -86,7 +85,6 @@ type SkMsgProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type SkMsgMapSpecs struct {
 	KmAccelRx   *ebpf.MapSpec `ebpf:"km_accel_rx"`
-	KmBackend   *ebpf.MapSpec `ebpf:"km_backend"`
 	KmConfig    *ebpf.MapSpec `ebpf:"km_config"`
 	KmEndpoint  *ebpf.MapSpec `ebpf:"km_endpoint"`
 	KmEnrolCg   *ebpf.MapSpec `ebpf:"km_enrol_cg"`
@@ -131,7 +129,6 @@ func (o *SkMsgObjects) Close() error {
 // It can be passed to LoadSkMsgObjects or ebpf.CollectionSpec.LoadAndAssign.
 type SkMsgMaps struct {
 	KmAccelRx   *ebpf.Map `ebpf:"km_accel_rx"`
-	KmBackend   *ebpf.Map `ebpf:"km_backend"`
 	KmConfig    *ebpf.Map `ebpf:"km_config"`
 	KmEndpoint  *ebpf.Map `ebpf:"km_endpoint"`
 	KmEnrolCg   *ebpf.Map `ebpf:"km_enrol_cg"`
@@ -150,7 +147,6 @@ type SkMsgMaps struct {
 func (m *SkMsgMaps) Close() error {
 	return _SkMsgClose(
 		m.KmAccelRx,
-		m.KmBackend,
 		m.KmConfig,
 		m.KmEndpoint,
 		m.KmEnrolCg,

@@ -13,15 +13,6 @@ import (
 	"github.com/cilium/ebpf"
 )
 
-type SockConnectKmBe struct {
-	_          structs.HostLayout
-	WorkloadId uint32
-	NextMarker uint32
-	Addr4      uint32
-	Addr6      [4]uint32
-	Flags      uint32
-}
-
 type SockConnectKmCfg struct {
 	_                structs.HostLayout
 	CgroupLevels     uint64
@@ -67,10 +58,13 @@ type SockConnectKmListenVal struct {
 }
 
 type SockConnectKmSlot struct {
-	_         structs.HostLayout
-	BackendId uint32
-	CumWeight uint32
-	Target    [10]uint16
+	_          structs.HostLayout
+	WorkloadId uint32
+	CumWeight  uint32
+	NextMarker uint32
+	Addr       [4]uint32
+	Flags      uint32
+	Target     [10]uint16
 }
 
 type SockConnectKmSlotKey struct {
@@ -129,7 +123,6 @@ type SockConnectKmSvcRec struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	SockConnectMapKmAccelRx          = "km_accel_rx"
-	SockConnectMapKmBackend          = "km_backend"
 	SockConnectMapKmConfig           = "km_config"
 	SockConnectMapKmEndpoint         = "km_endpoint"
 	SockConnectMapKmEnrolCg          = "km_enrol_cg"
@@ -204,7 +197,6 @@ type SockConnectProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type SockConnectMapSpecs struct {
 	KmAccelRx   *ebpf.MapSpec `ebpf:"km_accel_rx"`
-	KmBackend   *ebpf.MapSpec `ebpf:"km_backend"`
 	KmConfig    *ebpf.MapSpec `ebpf:"km_config"`
 	KmEndpoint  *ebpf.MapSpec `ebpf:"km_endpoint"`
 	KmEnrolCg   *ebpf.MapSpec `ebpf:"km_enrol_cg"`
@@ -249,7 +241,6 @@ func (o *SockConnectObjects) Close() error {
 // It can be passed to LoadSockConnectObjects or ebpf.CollectionSpec.LoadAndAssign.
 type SockConnectMaps struct {
 	KmAccelRx   *ebpf.Map `ebpf:"km_accel_rx"`
-	KmBackend   *ebpf.Map `ebpf:"km_backend"`
 	KmConfig    *ebpf.Map `ebpf:"km_config"`
 	KmEndpoint  *ebpf.Map `ebpf:"km_endpoint"`
 	KmEnrolCg   *ebpf.Map `ebpf:"km_enrol_cg"`
@@ -268,7 +259,6 @@ type SockConnectMaps struct {
 func (m *SockConnectMaps) Close() error {
 	return _SockConnectClose(
 		m.KmAccelRx,
-		m.KmBackend,
 		m.KmConfig,
 		m.KmEndpoint,
 		m.KmEnrolCg,

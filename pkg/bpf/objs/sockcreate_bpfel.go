@@ -17,7 +17,6 @@ import (
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	SockCreateMapKmAccelRx          = "km_accel_rx"
-	SockCreateMapKmBackend          = "km_backend"
 	SockCreateMapKmConfig           = "km_config"
 	SockCreateMapKmEndpoint         = "km_endpoint"
 	SockCreateMapKmEnrolCg          = "km_enrol_cg"
@@ -86,7 +85,6 @@ type SockCreateProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type SockCreateMapSpecs struct {
 	KmAccelRx   *ebpf.MapSpec `ebpf:"km_accel_rx"`
-	KmBackend   *ebpf.MapSpec `ebpf:"km_backend"`
 	KmConfig    *ebpf.MapSpec `ebpf:"km_config"`
 	KmEndpoint  *ebpf.MapSpec `ebpf:"km_endpoint"`
 	KmEnrolCg   *ebpf.MapSpec `ebpf:"km_enrol_cg"`
@@ -131,7 +129,6 @@ func (o *SockCreateObjects) Close() error {
 // It can be passed to LoadSockCreateObjects or ebpf.CollectionSpec.LoadAndAssign.
 type SockCreateMaps struct {
 	KmAccelRx   *ebpf.Map `ebpf:"km_accel_rx"`
-	KmBackend   *ebpf.Map `ebpf:"km_backend"`
 	KmConfig    *ebpf.Map `ebpf:"km_config"`
 	KmEndpoint  *ebpf.Map `ebpf:"km_endpoint"`
 	KmEnrolCg   *ebpf.Map `ebpf:"km_enrol_cg"`
@@ -150,7 +147,6 @@ type SockCreateMaps struct {
 func (m *SockCreateMaps) Close() error {
 	return _SockCreateClose(
 		m.KmAccelRx,
-		m.KmBackend,
 		m.KmConfig,
 		m.KmEndpoint,
 		m.KmEnrolCg,

@@ -45,7 +45,6 @@ type SockopsKmConnEvent struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	SockopsMapKmAccelRx          = "km_accel_rx"
-	SockopsMapKmBackend          = "km_backend"
 	SockopsMapKmConfig           = "km_config"
 	SockopsMapKmEndpoint         = "km_endpoint"
 	SockopsMapKmEnrolCg          = "km_enrol_cg"
@@ -114,7 +113,6 @@ type SockopsProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type SockopsMapSpecs struct {
 	KmAccelRx   *ebpf.MapSpec `ebpf:"km_accel_rx"`
-	KmBackend   *ebpf.MapSpec `ebpf:"km_backend"`
 	KmConfig    *ebpf.MapSpec `ebpf:"km_config"`
 	KmEndpoint  *ebpf.MapSpec `ebpf:"km_endpoint"`
 	KmEnrolCg   *ebpf.MapSpec `ebpf:"km_enrol_cg"`
@@ -159,7 +157,6 @@ func (o *SockopsObjects) Close() error {
 // It can be passed to LoadSockopsObjects or ebpf.CollectionSpec.LoadAndAssign.
 type SockopsMaps struct {
 	KmAccelRx   *ebpf.Map `ebpf:"km_accel_rx"`
-	KmBackend   *ebpf.Map `ebpf:"km_backend"`
 	KmConfig    *ebpf.Map `ebpf:"km_config"`
 	KmEndpoint  *ebpf.Map `ebpf:"km_endpoint"`
 	KmEnrolCg   *ebpf.Map `ebpf:"km_enrol_cg"`
@@ -178,7 +175,6 @@ type SockopsMaps struct {
 func (m *SockopsMaps) Close() error {
 	return _SockopsClose(
 		m.KmAccelRx,
-		m.KmBackend,
 		m.KmConfig,
 		m.KmEndpoint,
 		m.KmEnrolCg,

@@ -30,7 +30,7 @@ import (
 func TestMain(m *testing.M) { testutil.HelperMain(m) }
 
 // build compiles kmeshd with the given build tags into dir.
-func build(t *testing.T, dir, name string, tags ...string) string {
+func build(t testing.TB, dir, name string, tags ...string) string {
 	t.Helper()
 	out := filepath.Join(dir, name)
 	args := []string{"build", "-o", out}
@@ -50,7 +50,7 @@ func build(t *testing.T, dir, name string, tags ...string) string {
 
 // daemon is one running kmeshd process; its JSON log lines are collected.
 type daemon struct {
-	t    *testing.T
+	t    testing.TB
 	cmd  *exec.Cmd
 	mu   sync.Mutex
 	logs []map[string]any
@@ -58,7 +58,7 @@ type daemon struct {
 	done chan struct{}
 }
 
-func startDaemon(t *testing.T, bin string, args ...string) *daemon {
+func startDaemon(t testing.TB, bin string, args ...string) *daemon {
 	t.Helper()
 	d := &daemon{t: t, done: make(chan struct{})}
 	d.cmd = exec.Command(bin, append(args, "--log-format=json")...)
@@ -262,8 +262,8 @@ func TestRestartAndUpgradeWithoutLoss(t *testing.T) {
 	d = startDaemon(t, next, args...)
 	ready := d.waitLog("dataplane ready", 2*time.Minute)
 	migrated, _ := ready["migrated_maps"].([]any)
-	if ready["previous_layout"] != float64(1) || ready["layout"] != float64(2) || len(migrated) != 1 || migrated[0] != bpf.MapBackend {
-		t.Fatalf("upgrade: %v, want layout 1 -> 2 with km_backend migrated", ready)
+	if ready["previous_layout"] != float64(1) || ready["layout"] != float64(2) || len(migrated) != 1 || migrated[0] != bpf.MapEndpoint {
+		t.Fatalf("upgrade: %v, want layout 1 -> 2 with km_endpoint migrated", ready)
 	}
 	d.waitLog("model applied", 2*time.Minute)
 	if got := frontendSvc(t, pinDir, vip, 80); got != svcID {
@@ -291,26 +291,28 @@ func TestRestartAndUpgradeWithoutLoss(t *testing.T) {
 		t.Fatalf("requests reached %v, want all 3 backends", res.Backends)
 	}
 
-	// State kept: every workload still has its backend record, now in the
-	// new layout (32-byte values), and the streams really went through the
+	// State kept: the service's endpoints are all there, now in the new
+	// layout (52-byte slots), and the streams really went through the
 	// same-node sk_msg path.
-	be, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, "maps", bpf.MapBackend), nil)
+	ep, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, "maps", bpf.MapEndpoint), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer be.Close()
-	if info, _ := be.Info(); info.ValueSize != 32 {
-		t.Fatalf("km_backend value size %d after the upgrade, want the layout-next 32", info.ValueSize)
+	defer ep.Close()
+	if info, _ := ep.Info(); info.ValueSize != 52 {
+		t.Fatalf("km_endpoint value size %d after the upgrade, want the layout-next 52", info.ValueSize)
 	}
 	wls := map[uint32]bool{}
-	var id uint32
+	var k bpf.SlotKey
 	var val []byte
-	it := be.Iterate()
-	for it.Next(&id, &val) {
-		wls[uint32(val[0])|uint32(val[1])<<8|uint32(val[2])<<16|uint32(val[3])<<24] = true
+	it := ep.Iterate()
+	for it.Next(&k, &val) {
+		if k.SvcId == svcID {
+			wls[uint32(val[0])|uint32(val[1])<<8|uint32(val[2])<<16|uint32(val[3])<<24] = true
+		}
 	}
-	if it.Err() != nil || len(wls) != 4 {
-		t.Fatalf("backend records after the upgrade cover %d workloads (%v), want 4", len(wls), it.Err())
+	if it.Err() != nil || len(wls) != 3 {
+		t.Fatalf("the service's endpoints after the upgrade cover %d workloads (%v), want 3", len(wls), it.Err())
 	}
 	st, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, "maps", bpf.MapStats), nil)
 	if err != nil {

@@ -1,0 +1,114 @@
+package dataplane
+
+import (
+	"bufio"
+	"bytes"
+	"net/netip"
+	"reflect"
+	"testing"
+
+	"github.com/kmesh-go/kmesh/pkg/model"
+)
+
+// fill sets every field reachable from v to a non-zero value, so a round
+// trip that drops a field (one added to pkg/model later) is noticed.
+func fill(v reflect.Value, seed int) {
+	switch v.Kind() {
+	case reflect.String:
+		v.SetString("s" + string(rune('a'+seed%26)))
+	case reflect.Bool:
+		v.SetBool(true)
+	case reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		v.SetUint(uint64(7 + seed))
+	case reflect.Int, reflect.Int64:
+		v.SetInt(int64(9 + seed))
+	case reflect.Struct:
+		if v.Type() == reflect.TypeOf(netip.Addr{}) {
+			v.Set(reflect.ValueOf(netip.AddrFrom4([4]byte{10, 1, 2, byte(seed)})))
+			return
+		}
+		for i := 0; i < v.NumField(); i++ {
+			fill(v.Field(i), seed+i)
+		}
+	case reflect.Pointer:
+		v.Set(reflect.New(v.Type().Elem()))
+		fill(v.Elem(), seed)
+	case reflect.Slice:
+		s := reflect.MakeSlice(v.Type(), 2, 2)
+		fill(s.Index(0), seed)
+		fill(s.Index(1), seed+1)
+		v.Set(s)
+	case reflect.Map:
+		m := reflect.MakeMap(v.Type())
+		k, e := reflect.New(v.Type().Key()).Elem(), reflect.New(v.Type().Elem()).Elem()
+		fill(k, seed)
+		fill(e, seed)
+		m.SetMapIndex(k, e)
+		k2 := reflect.New(v.Type().Key()).Elem()
+		fill(k2, seed+5)
+		m.SetMapIndex(k2, reflect.Zero(v.Type().Elem())) // nil overrides: plain membership
+		v.Set(m)
+	default:
+		panic("fill: unhandled kind " + v.Kind().String())
+	}
+}
+
+func TestCodecCoversModel(t *testing.T) {
+	var svc model.Service
+	var wl model.Workload
+	var node model.Node
+	fill(reflect.ValueOf(&svc).Elem(), 1)
+	fill(reflect.ValueOf(&wl).Elem(), 2)
+	fill(reflect.ValueOf(&node).Elem(), 3)
+
+	// The workload encoding feeds hashWorkload: it must carry every field.
+	var b bytes.Buffer
+	e := &encoder{w: &b}
+	e.workload(&wl)
+	d := &decoder{r: bufio.NewReader(bytes.NewReader(b.Bytes()))}
+	if got := d.workload(); d.err != nil || !reflect.DeepEqual(got, &wl) {
+		t.Fatalf("workload round trip (%v):\n in %+v\nout %+v", d.err, wl, got)
+	}
+	other := wl
+	other.Weight++
+	var scratch sink
+	if hashWorkload(&scratch, &wl) == hashWorkload(&scratch, &other) {
+		t.Fatal("a changed workload hashes the same")
+	}
+
+	loc := model.Locality{Region: "r", Zone: "z"}
+	st := &wlState{uid: "u", id: 5, hash: 77, weight: 3, healthy: true, loc: &loc,
+		ep:    endpoint{addr: [2][4]uint32{{1, 2, 3, 4}, {5, 6, 7, 8}}, has: [2]bool{true, true}, local: true},
+		svcs:  []membership{{key: "a"}, {key: "b", ports: []model.WorkloadPort{{ServicePort: 80, TargetPort: 8080}}}, {key: "c", ports: []model.WorkloadPort{}}},
+		enrol: &enrolKey{present: true, cgroup: 99, level: 2, netns: 4096, cgPath: "/x", nsPath: "/y"}}
+	in := &persisted{Format: stateFormat, Node: node,
+		Services:  []persistedSvc{{ID: 3, Service: &svc}, {ID: 4, Service: &model.Service{Key: "empty"}}},
+		Workloads: []*wlState{st, {uid: "bare", id: 6, loc: &model.Locality{}}}}
+	b.Reset()
+	if err := encodeState(&b, in); err != nil {
+		t.Fatal(err)
+	}
+	out, err := decodeState(bytes.NewReader(b.Bytes()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(in, out) {
+		t.Fatalf("state round trip lost data:\n in %+v %+v %+v\nout %+v %+v %+v", in, *in.Services[0].Service, *in.Workloads[0],
+			out, *out.Services[0].Service, *out.Workloads[0])
+	}
+	// Truncated or foreign files are errors, never a partial model.
+	for _, n := range []int{0, 3, 10, b.Len() / 2, b.Len() - 1} {
+		if _, err := decodeState(bytes.NewReader(b.Bytes()[:n])); err == nil {
+			t.Fatalf("a file truncated to %d of %d bytes decoded", n, b.Len())
+		}
+	}
+}
+
+func FuzzDecodeState(f *testing.F) {
+	var b bytes.Buffer
+	encodeState(&b, &persisted{Format: stateFormat, Services: []persistedSvc{{ID: 1, Service: &model.Service{Key: "a", VIPs: []netip.Addr{netip.MustParseAddr("10.0.0.1")}}}}})
+	f.Add(b.Bytes())
+	f.Fuzz(func(t *testing.T, data []byte) {
+		decodeState(bytes.NewReader(data)) // must not panic or allocate without bound
+	})
+}

@@ -1,0 +1,245 @@
+package dataplane
+
+import (
+	"fmt"
+	"hash/fnv"
+	"io"
+	"sort"
+
+	"github.com/kmesh-go/kmesh/pkg/bpf"
+	"github.com/kmesh-go/kmesh/pkg/model"
+)
+
+// wlState is what the dataplane keeps of a workload: exactly what rendering,
+// enrolment and restarts need, not the model value. A node may carry 100k
+// workloads, and the daemon's memory budget is ~40 MB; keeping the model
+// (maps per workload, six locality strings...) would cost several times that.
+// A wlState is immutable once installed (updates replace it), so the state
+// writer can read it without locks.
+type wlState struct {
+	uid     string
+	id      uint32
+	hash    uint64 // of the workload as given (change detection)
+	ep      endpoint
+	weight  uint32
+	healthy bool
+	loc     *model.Locality // interned
+	svcs    []membership    // sorted by key
+	enrol   *enrolKey       // nil unless enrolled on this node (few are)
+}
+
+func (w *wlState) enrolment() enrolKey {
+	if w.enrol == nil {
+		return enrolKey{}
+	}
+	return *w.enrol
+}
+
+// membership is a workload's membership in one service, with its target
+// port overrides (nil: the service's target ports).
+type membership struct {
+	key   string // interned
+	ports []model.WorkloadPort
+}
+
+func (w *wlState) overrides(key string) []model.WorkloadPort {
+	for _, m := range w.svcs {
+		if m.key == key {
+			return m.ports
+		}
+	}
+	return nil
+}
+
+// hashWorkload identifies a workload's content; equal hashes mean an
+// unchanged workload. It hashes the state file encoding (codec.go), which
+// covers every field. buf is scratch space reused across calls.
+func hashWorkload(buf *sink, wl *model.Workload) uint64 {
+	buf.b = buf.b[:0]
+	e := encoder{w: buf}
+	e.workload(wl)
+	h := fnv.New64a()
+	h.Write(buf.b)
+	return h.Sum64()
+}
+
+// sink is an in-memory io.Writer and io.StringWriter (no copies of strings).
+type sink struct{ b []byte }
+
+func (s *sink) Write(p []byte) (int, error) {
+	s.b = append(s.b, p...)
+	return len(p), nil
+}
+
+func (s *sink) WriteString(v string) (int, error) {
+	s.b = append(s.b, v...)
+	return len(v), nil
+}
+
+// interning: service keys of memberships and localities are shared.
+func (d *Dataplane) internKey(k string) string {
+	if s, ok := d.keys[k]; ok {
+		return s
+	}
+	d.keys[k] = k
+	return k
+}
+
+func (d *Dataplane) internLoc(l model.Locality) *model.Locality {
+	if p, ok := d.locs[l]; ok {
+		return p
+	}
+	p := &l
+	d.locs[l] = p
+	return p
+}
+
+// workloadID returns uid's id, assigning one when new: FNV-1a of the uid
+// with linear probing, skipping ids in use and ids taken by this plan.
+func (d *Dataplane) workloadID(p *plan, uid string) (uint32, bool) {
+	if w := d.wls[uid]; w != nil {
+		return w.id, true
+	}
+	h := fnv.New32a()
+	io.WriteString(h, uid)
+	n := uint32(wlIDLimit - 1)
+	start := h.Sum32() % n
+	for i := uint32(0); i < n; i++ {
+		id := (start+i)%n + 1
+		if d.wlByID[id] != nil || p.takenIDs[id] {
+			continue
+		}
+		p.takenIDs[id] = true
+		return id, true
+	}
+	return 0, false
+}
+
+// planWorkload validates a workload and builds the state it would have.
+func (d *Dataplane) planWorkload(p *plan, wl *model.Workload, hash uint64) (*wlState, error) {
+	if wl.UID == "" {
+		return nil, &InvalidError{Object: "workload", Reason: "empty uid"}
+	}
+	id, ok := d.workloadID(p, wl.UID)
+	if !ok {
+		return nil, &CapacityError{Map: "workload ids", Limit: wlIDLimit - 1, What: wlObject(wl.UID)}
+	}
+	ep, err := endpointOf(wl)
+	if err != nil {
+		return nil, err
+	}
+	st := &wlState{uid: wl.UID, id: id, hash: hash, ep: ep, weight: wl.Weight, healthy: wl.Healthy, loc: d.internLoc(wl.Locality)}
+	if len(wl.Services) > 0 {
+		st.svcs = make([]membership, 0, len(wl.Services))
+		for key, ports := range wl.Services {
+			if ports != nil {
+				ports = append([]model.WorkloadPort(nil), ports...)
+			}
+			st.svcs = append(st.svcs, membership{key: d.internKey(key), ports: ports})
+		}
+		sort.Slice(st.svcs, func(i, j int) bool { return st.svcs[i].key < st.svcs[j].key })
+	}
+	if e := wl.Enrolment; e != nil {
+		obj := wlObject(wl.UID)
+		if e.CgroupPath == "" && e.NetnsPath == "" {
+			return nil, &InvalidError{Object: obj, Reason: "enrolment names neither a cgroup nor a netns"}
+		}
+		st.enrol = &enrolKey{present: true}
+		if e.CgroupPath != "" {
+			cg, level, abs, err := resolveCgroup(d.cgroupMount, e.CgroupPath)
+			if err != nil {
+				return nil, &InvalidError{Object: obj, Reason: "enrolment: " + err.Error()}
+			}
+			st.enrol.cgroup, st.enrol.level, st.enrol.cgPath = cg, level, abs
+			if owner, ok := d.enrolCg[cg]; ok && owner != id {
+				return nil, &InvalidError{Object: obj, Reason: fmt.Sprintf("cgroup %s is already enrolled by another workload", abs)}
+			}
+		}
+		if e.NetnsPath != "" {
+			c, err := netnsCookie(e.NetnsPath)
+			if err != nil {
+				return nil, &InvalidError{Object: obj, Reason: "enrolment: " + err.Error()}
+			}
+			st.enrol.netns, st.enrol.nsPath = c, e.NetnsPath
+			if owner, ok := d.enrolNs[c]; ok && owner != id {
+				return nil, &InvalidError{Object: obj, Reason: fmt.Sprintf("netns %s is already enrolled by another workload", e.NetnsPath)}
+			}
+		}
+	}
+	return st, nil
+}
+
+// endpointOf is where a workload is reached: its first IPv4 and first IPv6
+// address; local when it is enrolled on this node. A workload without
+// addresses is not usable as an endpoint.
+func endpointOf(wl *model.Workload) (endpoint, error) {
+	var ep endpoint
+	for _, a := range wl.Addresses {
+		if !a.IsValid() || a.IsUnspecified() || a.Zone() != "" {
+			return ep, &InvalidError{Object: wlObject(wl.UID), Reason: fmt.Sprintf("address %v is not usable", a)}
+		}
+		a = a.Unmap()
+		fam := bpf.FamV6
+		if a.Is4() {
+			fam = bpf.FamV4
+		}
+		if !ep.has[fam] {
+			ep.addr[fam], ep.has[fam] = addr16(a), true
+		}
+	}
+	ep.local = wl.Enrolment != nil
+	return ep, nil
+}
+
+// membersOf lists the members of service key in the planned view.
+func (d *Dataplane) membersOf(p *plan, key string) []member {
+	set := p.members[key]
+	out := make([]member, 0, len(set))
+	for id := range set {
+		st := p.wlUpByID[id]
+		if st == nil {
+			st = d.wlByID[id]
+		}
+		if st == nil || !st.healthy || !st.ep.usable() {
+			continue
+		}
+		out = append(out, member{id: id, ep: st.ep, weight: st.weight, locality: *st.loc, ports: st.overrides(key)})
+	}
+	return out
+}
+
+// installWorkload makes st current (replacing cur, if any) in the indexes.
+func (d *Dataplane) installWorkload(cur, st *wlState) {
+	if cur != nil {
+		d.dropMemberships(cur)
+	}
+	for _, m := range st.svcs {
+		set := d.members[m.key]
+		if set == nil {
+			set = map[uint32]struct{}{}
+			d.members[m.key] = set
+		}
+		set[st.id] = struct{}{}
+	}
+	d.wls[st.uid] = st
+	d.wlByID[st.id] = st
+}
+
+func (d *Dataplane) removeWorkload(cur *wlState) {
+	d.dropMemberships(cur)
+	delete(d.wls, cur.uid)
+	delete(d.wlByID, cur.id)
+}
+
+func (d *Dataplane) dropMemberships(w *wlState) {
+	for _, m := range w.svcs {
+		set := d.members[m.key]
+		delete(set, w.id)
+		if len(set) == 0 {
+			delete(d.members, m.key)
+			if _, svc := d.svcs[m.key]; !svc {
+				delete(d.keys, m.key)
+			}
+		}
+	}
+}
