@@ -213,7 +213,6 @@ func mapUsage(dp *dataplane.Dataplane) []telemetry.MapUsage {
 		bpf.MapSvcActive: u.Services,
 		bpf.MapSvcGen:    u.Generations + u.PendingGenerations,
 		bpf.MapEndpoint:  u.Slots + u.PendingSlots,
-		bpf.MapBackend:   u.Backends + u.PendingBackends,
 	}
 	out := make([]telemetry.MapUsage, 0, len(entries))
 	for name, n := range entries {

@@ -465,7 +465,7 @@ func TestKmeshctlDumpsRoundTrip(t *testing.T) {
 	}
 	for _, h := range r.be {
 		hit := false
-		for _, row := range rows("km_backend") {
+		for _, row := range rows("km_endpoint") {
 			for _, v := range row {
 				if v == h.IP4.String() {
 					hit = true
@@ -473,7 +473,7 @@ func TestKmeshctlDumpsRoundTrip(t *testing.T) {
 			}
 		}
 		if !hit {
-			t.Fatalf("km_backend lacks %s (%s): %v", h.Name, h.IP4, rows("km_backend"))
+			t.Fatalf("km_endpoint lacks %s (%s): %v", h.Name, h.IP4, rows("km_endpoint"))
 		}
 	}
 	table := string(run("dump", "bpf", "--map", "km_frontend"))
