@@ -144,7 +144,7 @@ vmtest: kmod
 
 # A few seconds of coverage-guided fuzzing per target (the seed corpora also run
 # in test-go). Longer runs: go test -run '^$$' -fuzz FuzzLoad -fuzztime 10m ./pkg/controlplane
-FUZZ_TARGETS := FuzzLoad:./pkg/controlplane FuzzWorkloadAPI:./pkg/compile FuzzEnvoy:./pkg/compile
+FUZZ_TARGETS := FuzzLoad:./pkg/controlplane FuzzWorkloadAPI:./pkg/compile FuzzEnvoy:./pkg/compile FuzzDecodeState:./pkg/dataplane
 FUZZTIME     ?= 4s
 fuzz-go-smoke:
 	@for t in $(FUZZ_TARGETS); do \

@@ -72,6 +72,38 @@ func BenchmarkConnectHook(b *testing.B) {
 	b.ReportMetric(emptyProgramCost(b), "ns/empty-program")
 }
 
+// BenchmarkSelectHot runs the selection code of the connect hook (lib/lb.h,
+// through the lb_select shim) back to back with BPF_PROG_RUN: the cost of the
+// logic with warm caches, next to BenchmarkConnectHook's cost inside real
+// connect() calls. Reported per run, bpf_stats overhead included (see
+// ns/empty-program).
+func BenchmarkSelectHot(b *testing.B) {
+	s := newSelector(b)
+	snap := &model.Snapshot{Services: []model.Service{{Key: "s", VIPs: []netip.Addr{vip4}, Ports: []model.ServicePort{{Port: 80, TargetPort: 8080}}}}}
+	for i := 0; i < 10; i++ {
+		snap.Workloads = append(snap.Workloads, wl(fmt.Sprintf("w%d", i), fmt.Sprintf("10.0.0.%d", i+1), "s", 0, model.Locality{}))
+	}
+	if err := s.dp.Apply(context.Background(), snap); err != nil {
+		b.Fatal(err)
+	}
+	stats, err := bpf.EnableStats()
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer stats.Close()
+	for _, tc := range []struct {
+		name string
+		dst  netip.AddrPort
+	}{{"lb", netip.AddrPortFrom(vip4, 80)}, {"passthrough", netip.MustParseAddrPort("10.1.1.1:80")}} {
+		st0, _ := s.prog.Stats()
+		for i := 0; i < b.N; i++ {
+			s.pick(tc.dst, -1)
+		}
+		st1, _ := s.prog.Stats()
+		b.ReportMetric(bpf.ProgramStats{RunCount: st1.RunCount - st0.RunCount, RunTime: st1.Runtime - st0.Runtime}.NsPerRun(), "ns/select-"+tc.name)
+	}
+}
+
 func median(v []float64) float64 {
 	s := slices.Clone(v)
 	slices.Sort(s)

@@ -23,12 +23,12 @@ import (
 // programs against the dataplane's real maps, filled by the real writer.
 
 type selector struct {
-	t    *testing.T
+	t    testing.TB
 	dp   *Dataplane
 	prog *ebpf.Program
 }
 
-func newSelector(t *testing.T) *selector {
+func newSelector(t testing.TB) *selector {
 	t.Helper()
 	testutil.Privileged(t)
 	cg := testutil.NewCgroup(t)
