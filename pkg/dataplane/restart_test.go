@@ -29,14 +29,14 @@ func TestReopenKeepsState(t *testing.T) {
 	if u := e.dp.Usage(); u.Services != before.Services || u.Workloads != before.Workloads || u.Frontends != before.Frontends || u.Slots != before.Slots {
 		t.Fatalf("usage after reopen %+v, before %+v", u, before)
 	}
-	res := e.dial(e.client, "tcp4", vipAddr(vip4, port80), small(30))
-	checkShares(t, res, small(30), map[string]float64{"be1:8080": 1.0 / 3, "be2:8080": 1.0 / 3, "be3:8080": 1.0 / 3}, 0.05, false)
+	res := e.dial(e.client, "tcp4", vipAddr(vip4, port80), 30)
+	checkShares(t, res, 30, map[string]float64{"be1:8080": 1.0 / 3, "be2:8080": 1.0 / 3, "be3:8080": 1.0 / 3}, 0.05, false)
 
 	if err := e.dp.DeleteWorkload(context.Background(), "uid-be3"); err != nil {
 		t.Fatal(err)
 	}
-	res = e.dial(e.client, "tcp4", vipAddr(vip4, port80), small(20))
-	checkShares(t, res, small(20), map[string]float64{"be1:8080": 0.5, "be2:8080": 0.5}, 0.05, false)
+	res = e.dial(e.client, "tcp4", vipAddr(vip4, port80), 20)
+	checkShares(t, res, 20, map[string]float64{"be1:8080": 0.5, "be2:8080": 0.5}, 0.05, false)
 	if err := e.dp.Sync(); err != nil {
 		t.Fatal(err)
 	}
