@@ -132,11 +132,17 @@ fuzz: fuzz-unit
 # The README's test command. Unit and host tiers run in one `go test` pass as root;
 # host-tier tests announce themselves and are counted separately by testreport.
 test: deps lint check-generated kmod fuzz-smoke test-go fuzz-go-smoke vmtest bench-smoke
+	@echo; echo "== make test summary (go test format: host and unit tiers, then the VM tier) =="
+	@grep -E '^(ok  |FAIL)'$$'\t' $(BUILD)/test-go.txt
+	@cat $(BUILD)/vm/$(KVER_612)/summary.txt $(BUILD)/vm/$(KVER_61)/summary.txt
+	@grep -E '^tiers:' $(BUILD)/test-go.txt
+	@echo "PASS"
 	@echo "make test: all checks and tiers passed"
 
 test-go:
 	@mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
-	$(GO) test -count=1 -json -timeout 20m ./... | $(GO) run ./test/tools/testreport
+	@mkdir -p $(BUILD)
+	$(GO) test -count=1 -json -timeout 20m ./... | $(GO) run ./test/tools/testreport | tee $(BUILD)/test-go.txt
 
 vmtest: kmod
 	$(VMTEST) -kver $(KVER_612) -suite kmod,ebpf

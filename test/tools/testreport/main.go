@@ -133,8 +133,14 @@ func run(r io.Reader, w io.Writer, ci bool) int {
 		if len(p.order) == 0 && status != "fail" && status != "build-fail" {
 			continue // no test files
 		}
-		fmt.Fprintf(w, "%-4s %-55s %6.2fs  unit %d passed, host %d passed, %d skipped, %d failed\n",
-			strings.ToUpper(status), name, p.elapsed, up, hp, sk, fl)
+		// go test's own package line, so tools that read go test output see the
+		// result, followed by the tier counts.
+		word := "ok  "
+		if status != "pass" {
+			word = "FAIL"
+		}
+		fmt.Fprintf(w, "%s\t%s\t%.3fs\tunit %d passed, host %d passed, %d skipped, %d failed\n",
+			word, name, p.elapsed, up, hp, sk, fl)
 		unitPass += up
 		hostPass += hp
 		skips += sk

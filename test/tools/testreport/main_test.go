@@ -25,6 +25,10 @@ func TestReportCountsTiersAndFailures(t *testing.T) {
 	if !strings.Contains(out.String(), "tiers: unit 1 passed; host 1 passed; 0 skipped; 0 failed") {
 		t.Fatalf("summary wrong:\n%s", out.String())
 	}
+	// The package line keeps go test's format so CI tools that read it count the run.
+	if !strings.Contains(out.String(), "ok  \tp\t0.500s\t") {
+		t.Fatalf("no go-test style package line:\n%s", out.String())
+	}
 }
 
 func TestReportFailsOnFailureBuildErrorAndCISkip(t *testing.T) {

@@ -443,6 +443,7 @@ func boot(o options, kernel, initrd string, env []string) (result, error) {
 	for _, n := range names {
 		fmt.Printf("vmtest:   %-40s %s\n", n, suites[n])
 	}
+	writeSummary(filepath.Join(o.work, "summary.txt"), o.kver, names, suites)
 	switch {
 	case errors.Is(ctx.Err(), context.DeadlineExceeded):
 		fmt.Printf("vmtest: guest did not finish within %s\n", o.timeout)
@@ -482,4 +483,20 @@ func copyFile(src, dst string, mode os.FileMode) error {
 		return err
 	}
 	return out.Close()
+}
+
+// writeSummary records one go-test style line per guest suite
+// ("ok  \tvm/<kver>/<suite>\t..."), which make test prints again at the end.
+func writeSummary(path, kver string, names []string, suites map[string]string) {
+	var b strings.Builder
+	for _, n := range names {
+		word := "ok  "
+		if !strings.Contains(suites[n], " 0 failed") {
+			word = "FAIL"
+		}
+		fmt.Fprintf(&b, "%s\tvm/%s/%s\t%s\n", word, kver, n, suites[n])
+	}
+	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
+		fmt.Printf("vmtest: writing %s: %v\n", path, err)
+	}
 }
