@@ -142,7 +142,7 @@ func TestBuiltinScenarios(t *testing.T) {
 		}
 		names[in.Name] = true
 	}
-	for _, n := range []string{report.Direct, report.DirectControl, report.SidecarHAProxy, report.SidecarNginx, report.NodeProxy, report.Waypoint, report.KernelNative} {
+	for _, n := range []string{report.Direct, report.DirectControl, report.SidecarHAProxy, report.SidecarNginx, report.NodeProxy, report.Waypoint, report.DualEngineWaypoint, report.KernelNative} {
 		if !names[n] {
 			t.Errorf("scenario %s missing", n)
 		}
@@ -189,7 +189,8 @@ func TestRunEndToEnd(t *testing.T) {
 	// waypoint), and every cell of it is OK.
 	want := map[string]string{report.Direct: "10.78.0.1", report.DirectControl: "10.78.0.1",
 		report.DualEngine: "10.78.0.1", report.DualEngineAccel: "10.78.0.1",
-		report.SidecarHAProxy: "127.0.0.1", report.SidecarNginx: "127.0.0.1", report.NodeProxy: "10.78.0.4", report.Waypoint: "10.78.0.5"}
+		report.SidecarHAProxy: "127.0.0.1", report.SidecarNginx: "127.0.0.1", report.NodeProxy: "10.78.0.4", report.Waypoint: "10.78.0.5",
+		report.DualEngineWaypoint: "10.78.0.5"}
 	for _, s := range rep.Scenarios {
 		if !s.Available {
 			continue
@@ -208,6 +209,9 @@ func TestRunEndToEnd(t *testing.T) {
 		}
 		// kmesh's scenarios prove their mechanism with kernel counters.
 		if (s.Name == report.DualEngine || s.Name == report.DualEngineAccel) && !strings.Contains(s.Evidence, "connect_lb=") {
+			t.Errorf("%s: no kernel evidence: %+v", s.Name, s)
+		}
+		if s.Name == report.DualEngineWaypoint && !strings.Contains(s.Evidence, "waypoint_header=") {
 			t.Errorf("%s: no kernel evidence: %+v", s.Name, s)
 		}
 	}

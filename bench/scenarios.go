@@ -22,6 +22,7 @@ func Builtin() []Scenario {
 		&sidecar{flavor: "nginx"},
 		&nodeProxy{},
 		&waypoint{},
+		newDualEngineWaypoint(), // after waypoint: it reuses that namespace (10.78.0.5)
 		kernelNative{},
 	)
 	return s

@@ -7,10 +7,14 @@
  *
  * Redirected bytes never touch TCP's counters (and no ACK ever triggers the
  * sockops RTT callback), so this program also keeps the byte counts and emits
- * the PERIODIC records of accelerated connections. */
+ * the PERIODIC records of accelerated connections.
+ *
+ * Waypoint-bound sockets are in the sockhash too: their first message gets
+ * the waypoint header in front (lib/waypoint.h). */
 #include "common.h"
 #include "maps.h"
 #include "sockkey.h"
+#include "waypoint.h"
 
 /* PERIODIC record of an accelerated connection; self is this socket's key. */
 static __noinline void km_msg_report(struct sk_msg_md *msg, struct km_sock_state *st,
@@ -59,6 +63,20 @@ int km_sk_msg(struct sk_msg_md *msg)
 	struct km_cfg *cfg;
 	__u64 size = msg->size, *rx, now;
 
+	if (msg->sk) {
+		st = bpf_sk_storage_get(&km_sock, msg->sk, 0, 0);
+		if (st && (st->flags & KM_SK_WP_HDR)) {
+			cfg = km_cfg();
+			if (km_wp_write(msg, st, cfg && (cfg->flags & KM_CFG_WP_TLV)) < 0) {
+				km_stat_inc(KM_STAT_WP_HEADER_ERR);
+				return SK_DROP;
+			}
+			/* Serialized by the socket lock: exactly one header. */
+			st->flags &= ~KM_SK_WP_HDR;
+			km_stat_inc(KM_STAT_WP_HEADER);
+		}
+	}
+
 	KM_SOCK_KEY(msg, &peer, 1);
 	/* On a miss the helper sets no redirect and SK_PASS sends normally. */
 	if (bpf_msg_redirect_hash(msg, &km_sockhash, &peer, BPF_F_INGRESS) != SK_PASS)
@@ -66,11 +84,8 @@ int km_sk_msg(struct sk_msg_md *msg)
 	km_stat_inc(KM_STAT_ACCEL_REDIRECT);
 
 	/* Count what TCP will not: bytes sent here, received by the peer. */
-	if (msg->sk) {
-		st = bpf_sk_storage_get(&km_sock, msg->sk, 0, 0);
-		if (st)
-			__sync_fetch_and_add(&st->accel_tx, size);
-	}
+	if (st)
+		__sync_fetch_and_add(&st->accel_tx, size);
 	rx = bpf_map_lookup_elem(&km_accel_rx, &peer);
 	if (rx)
 		__sync_fetch_and_add(rx, size);

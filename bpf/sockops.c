@@ -4,7 +4,8 @@
  * (bytes each way, retransmits, srtt, duration); with a report interval set,
  * PERIODIC records for long-lived connections from the RTT callback. When
  * same-node acceleration is on, both ends of a connection between enrolled
- * local sockets go into km_sockhash, where sk_msg redirects between them. */
+ * local sockets go into km_sockhash, where sk_msg redirects between them;
+ * waypoint-bound sockets go there too, for sk_msg to write their header. */
 #include "common.h"
 #include "maps.h"
 #include "addr.h"
@@ -126,6 +127,20 @@ static __always_inline void km_accel_insert(struct bpf_sock_ops *skops, struct k
 	}
 }
 
+/* A waypoint-bound socket joins the sockhash so that sk_msg runs on its
+ * first send and writes the waypoint header (lib/waypoint.h). sockops runs
+ * before connect() returns (or the socket turns writable), so the header
+ * precedes the first byte. If the map is full the waypoint gets no header
+ * and rejects the connection. */
+static __always_inline void km_wp_insert(struct bpf_sock_ops *skops)
+{
+	struct km_sock_key key = {};
+
+	KM_SOCK_KEY(skops, &key, 0);
+	if (bpf_sock_hash_update(skops, &km_sockhash, &key, BPF_ANY))
+		km_stat_inc(KM_STAT_WP_HEADER_ERR);
+}
+
 static __always_inline void km_established(struct bpf_sock_ops *skops, struct km_sock_state *st,
 					   struct km_cfg *cfg, int accel, __u64 now)
 {
@@ -138,6 +153,8 @@ static __always_inline void km_established(struct bpf_sock_ops *skops, struct km
 	st->last_report_ns = now;
 	if (accel && cfg && (cfg->flags & KM_CFG_ACCEL))
 		km_accel_insert(skops, st);
+	if ((st->flags & KM_SK_WP_HDR) && !(st->flags & KM_SK_ACCEL))
+		km_wp_insert(skops);
 	km_emit(skops, st, KM_EV_OPEN, now);
 }
 

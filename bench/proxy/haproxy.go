@@ -33,9 +33,18 @@ func (h HAProxy) Config() (string, error) {
 	fmt.Fprintf(&b, "defaults\n    timeout connect %s\n    timeout client %s\n    timeout server %s\n", connectTimeout, idleTimeout, idleTimeout)
 	fmt.Fprintf(&b, "    timeout http-keep-alive %s\n    timeout http-request %s\n\n", idleTimeout, idleTimeout)
 	for _, r := range h.Routes {
-		fmt.Fprintf(&b, "listen %s\n    mode %s\n    bind %s\n", r.Name, r.Mode, r.Listen)
+		fmt.Fprintf(&b, "listen %s\n    mode %s\n    bind %s", r.Name, r.Mode, r.Listen)
+		if r.AcceptProxy {
+			fmt.Fprintf(&b, " accept-proxy")
+		}
+		fmt.Fprintf(&b, "\n")
 		if r.Mode == L7 {
 			fmt.Fprintf(&b, "    option http-keep-alive\n")
+		}
+		if r.OriginalDst {
+			// The destination accept-proxy took from the header.
+			fmt.Fprintf(&b, "    server upstream 0.0.0.0:0\n\n")
+			continue
 		}
 		fmt.Fprintf(&b, "    server upstream %s\n\n", r.Upstream)
 	}

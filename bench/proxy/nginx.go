@@ -24,6 +24,11 @@ func (n Nginx) Config(dir string) (string, error) {
 	if err := validate(n.Routes, L7); err != nil {
 		return "", fmt.Errorf("nginx: %w", err)
 	}
+	for _, r := range n.Routes {
+		if r.AcceptProxy || r.OriginalDst {
+			return "", fmt.Errorf("nginx: route %q: PROXY protocol routes are rendered for HAProxy only", r.Name)
+		}
+	}
 	if !filepath.IsAbs(dir) {
 		return "", fmt.Errorf("nginx: scratch dir %q must be absolute", dir)
 	}

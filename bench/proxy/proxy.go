@@ -36,6 +36,12 @@ type Route struct {
 	Listen   netip.AddrPort
 	Upstream netip.AddrPort
 	Mode     Mode
+	// AcceptProxy makes the listener expect a PROXY protocol header (as a
+	// kmesh waypoint receives one); HAProxy only.
+	AcceptProxy bool
+	// OriginalDst forwards to the connection's destination as given by the
+	// PROXY header instead of Upstream (which stays unset); HAProxy only.
+	OriginalDst bool
 }
 
 var routeName = regexp.MustCompile(`^[a-z0-9][a-z0-9-]*$`)
@@ -59,7 +65,10 @@ func validate(routes []Route, allowed ...Mode) error {
 			errs = append(errs, fmt.Errorf("route %q: %s already used by another route", r.Name, r.Listen))
 		}
 		listens[r.Listen] = true
-		if !r.Listen.IsValid() || r.Listen.Port() == 0 || !r.Upstream.IsValid() || r.Upstream.Port() == 0 {
+		switch {
+		case r.OriginalDst && (r.Upstream.IsValid() || !r.AcceptProxy):
+			errs = append(errs, fmt.Errorf("route %q: an original-destination route takes no upstream and needs accept-proxy", r.Name))
+		case !r.Listen.IsValid() || r.Listen.Port() == 0 || (!r.OriginalDst && (!r.Upstream.IsValid() || r.Upstream.Port() == 0)):
 			errs = append(errs, fmt.Errorf("route %q: listen %s and upstream %s need an address and a port", r.Name, r.Listen, r.Upstream))
 		}
 		ok := false
@@ -90,13 +99,16 @@ type Instance struct {
 	Netns *netlab.Netns
 	CPUs  string // taskset list; empty = not pinned
 	Nice  int    // niceness; 0 = inherit
+	// Cgroup to start in (a kmesh waypoint runs in an enrolled cgroup);
+	// empty = the lab's.
+	Cgroup string
 }
 
 // ReadyTimeout bounds how long a started proxy may take to listen.
 const ReadyTimeout = 10 * time.Second
 
 func start(ctx context.Context, l *netlab.Lab, in Instance, args []string, routes []Route) (*netlab.Proc, error) {
-	p, err := l.Start(netlab.Cmd{Name: in.Name, Netns: in.Netns, CPUs: in.CPUs, Nice: in.Nice, Args: args})
+	p, err := l.Start(netlab.Cmd{Name: in.Name, Netns: in.Netns, CPUs: in.CPUs, Nice: in.Nice, Cgroup: in.Cgroup, Args: args})
 	if err != nil {
 		return nil, err
 	}

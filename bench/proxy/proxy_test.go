@@ -35,6 +35,23 @@ func TestHAProxyConfig(t *testing.T) {
 	if cfg2, _ := (HAProxy{Routes: []Route{l7}, Threads: 2}).Config(); !strings.Contains(cfg2, "nbthread 2\n") {
 		t.Errorf("Threads not rendered:\n%s", cfg2)
 	}
+	wp := Route{Name: "waypoint", Listen: ap("0.0.0.0:15088"), Mode: L7, AcceptProxy: true, OriginalDst: true}
+	cfg3, err := HAProxy{Routes: []Route{wp}}.Config()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "listen waypoint\n    mode http\n    bind 0.0.0.0:15088 accept-proxy\n    option http-keep-alive\n    server upstream 0.0.0.0:0\n"; !strings.Contains(cfg3, want) {
+		t.Errorf("waypoint route: config lacks %q:\n%s", want, cfg3)
+	}
+	for _, bad := range []Route{{Name: "x", Listen: wp.Listen, Mode: L7, OriginalDst: true},
+		{Name: "x", Listen: wp.Listen, Upstream: l7.Upstream, Mode: L7, AcceptProxy: true, OriginalDst: true}} {
+		if _, err := (HAProxy{Routes: []Route{bad}}).Config(); err == nil {
+			t.Errorf("accepted %+v", bad)
+		}
+	}
+	if _, err := (Nginx{Routes: []Route{wp}}).Config(t.TempDir()); err == nil {
+		t.Error("nginx accepted a PROXY protocol route")
+	}
 }
 
 func TestNginxConfig(t *testing.T) {

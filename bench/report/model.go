@@ -24,7 +24,9 @@ const (
 	SidecarNginx    = "sidecar-nginx"
 	NodeProxy       = "node-proxy"
 	Waypoint        = "waypoint"
-	KernelNative    = "kernel-native"
+	// DualEngineWaypoint is kmesh's waypoint path (docs/waypoint.md).
+	DualEngineWaypoint = "dual-engine-waypoint"
+	KernelNative       = "kernel-native"
 )
 
 // Point is one position of the sweep.

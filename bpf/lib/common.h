@@ -25,6 +25,9 @@
 #ifndef ECONNREFUSED
 #define ECONNREFUSED 111
 #endif
+#ifndef ENOMEM
+#define ENOMEM 12
+#endif
 
 #ifndef __always_inline
 #define __always_inline inline __attribute__((always_inline))

@@ -12,8 +12,8 @@
 
 #define KM_MAX_CGROUP_LEVELS 32
 
-/* Fills *wl and returns 1 when the current process is enrolled. */
-static __always_inline int km_enrolled_current(void *ctx, __u32 *wl)
+/* The enrolment of the current process, or NULL. */
+static __always_inline struct km_enrol *km_enrolment_current(void *ctx)
 {
 	struct km_cfg *cfg;
 	struct km_enrol *e;
@@ -22,10 +22,8 @@ static __always_inline int km_enrolled_current(void *ctx, __u32 *wl)
 
 	cookie = bpf_get_netns_cookie(ctx);
 	e = bpf_map_lookup_elem(&km_enrol_ns, &cookie);
-	if (e) {
-		*wl = e->workload_id;
-		return 1;
-	}
+	if (e)
+		return e;
 	cfg = km_cfg();
 	if (!cfg)
 		return 0;
@@ -40,12 +38,21 @@ static __always_inline int km_enrolled_current(void *ctx, __u32 *wl)
 		if (!id)
 			break; /* deeper than the process's cgroup */
 		e = bpf_map_lookup_elem(&km_enrol_cg, &id);
-		if (e) {
-			*wl = e->workload_id;
-			return 1;
-		}
+		if (e)
+			return e;
 	}
 	return 0;
+}
+
+/* Fills *wl and returns 1 when the current process is enrolled. */
+static __always_inline int km_enrolled_current(void *ctx, __u32 *wl)
+{
+	struct km_enrol *e = km_enrolment_current(ctx);
+
+	if (!e)
+		return 0;
+	*wl = e->workload_id;
+	return 1;
 }
 
 #endif

@@ -85,6 +85,16 @@ struct {
 	__type(value, struct km_listen_val);
 } km_listen SEC(".maps");
 
+/* Waypoints: (service, port) or a workload's address -> what a connect()
+ * to it does (lib/waypoint.h). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, KM_MAX_WAYPOINTS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct km_wp_key);
+	__type(value, struct km_wp_val);
+} km_waypoint SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
@@ -108,7 +118,9 @@ struct {
 	__type(value, struct km_sock_state);
 } km_sock SEC(".maps");
 
-/* Same-node acceleration: enrolled local sockets, for sk_msg redirect. */
+/* Sockets sk_msg runs for: same-node acceleration (enrolled local sockets,
+ * for sk_msg redirect) and waypoint-bound sockets until their header is
+ * written (sk_msg runs only for sockets in the map it is attached to). */
 struct {
 	__uint(type, BPF_MAP_TYPE_SOCKHASH);
 	__uint(max_entries, KM_MAX_SOCKHASH);

@@ -31,6 +31,7 @@
 #define KM_MAX_SLOTS     262144
 #define KM_MAX_ENROL     16384
 #define KM_MAX_SOCKHASH  65536
+#define KM_MAX_WAYPOINTS 131072
 #define KM_EVENTS_BYTES  (1 << 20)
 
 /* Load-balancing algorithms and locality modes (km_svc_rec). */
@@ -110,7 +111,38 @@ struct km_slot {
 /* Enrolment maps (cgroup id / netns cookie -> workload). */
 struct km_enrol {
 	__u32 workload_id;
-	__u32 flags;
+	__u32 flags; /* KM_ENROL_* */
+};
+
+/* The workload is an instance of a waypoint: its own connects (to the
+ * original destinations) are load-balanced but never sent to a waypoint. */
+#define KM_ENROL_WAYPOINT (1u << 0)
+
+/* km_waypoint key. A service's port: svc_id and port set, addr zero. A
+ * workload's address (traffic addressed to the pod): addr set, svc_id zero,
+ * port zero for every port or a port with its own action (server-first). */
+struct km_wp_key {
+	__u32 addr[4];
+	__u32 svc_id;
+	__u16 port; /* network order */
+	__u16 pad;
+};
+
+enum km_wp_action {
+	KM_WP_NONE = 0,     /* no entry: not waypoint traffic */
+	KM_WP_REDIRECT = 1, /* connect to an instance of wp_svc:wp_port, header on first send */
+	KM_WP_BYPASS = 2,   /* server-first port: load-balanced directly, no waypoint */
+	KM_WP_REFUSE = 3,   /* waypoint required but unusable (unknown, or server-first refused) */
+};
+
+/* km_waypoint value. The key is repeated so a reader can tell when the hash
+ * element it holds was recycled for another key (as in km_fe_val). */
+struct km_wp_val {
+	__u32 wp_svc;   /* the waypoint's own service */
+	__u16 wp_port;  /* its port, network order */
+	__u8 action;    /* enum km_wp_action */
+	__u8 pad;
+	struct km_wp_key key;
 };
 
 /* km_listen key: a listening port of an enrolled workload in a network
@@ -137,6 +169,8 @@ struct km_cfg {
 };
 
 #define KM_CFG_ACCEL (1u << 0) /* same-node sk_msg redirect */
+#define KM_CFG_WP_TLV (1u << 1) /* waypoint header: Kmesh's TLV instead of PROXY v2 */
+#define KM_CFG_WL_WAYPOINTS (1u << 2) /* km_waypoint has workload (address) entries */
 
 /* Per-socket state (km_sock, socket-local storage). */
 struct km_sock_state {
@@ -161,6 +195,8 @@ struct km_sock_state {
 #define KM_SK_LOCAL_DST (1u << 3) /* backend is a local enrolled workload */
 #define KM_SK_ACCEL     (1u << 4) /* inserted into the sockhash */
 #define KM_SK_LISTENER  (1u << 5) /* an enrolled listener, in km_listen */
+#define KM_SK_WAYPOINT  (1u << 6) /* connect() was sent to a waypoint */
+#define KM_SK_WP_HDR    (1u << 7) /* waypoint header not written yet */
 
 enum km_direction {
 	KM_DIR_UNKNOWN = 0,
@@ -189,6 +225,12 @@ enum km_stat {
 	KM_STAT_EVENTS_DROPPED,    /* ring buffer full */
 	KM_STAT_ACCEL_INSERT,      /* sockets inserted for same-node redirect */
 	KM_STAT_ACCEL_REDIRECT,    /* sk_msg redirects */
+	KM_STAT_WP_REDIRECT,       /* connect() sent to a waypoint instance */
+	KM_STAT_WP_BYPASS,         /* server-first port: waypoint skipped */
+	KM_STAT_WP_EXEMPT,         /* a waypoint's own connect: not redirected */
+	KM_STAT_WP_REFUSED,        /* waypoint required but none usable */
+	KM_STAT_WP_HEADER,         /* waypoint headers written by sk_msg */
+	KM_STAT_WP_HEADER_ERR,     /* header impossible (no memory, data already sent): send failed */
 	KM_STAT_MAX,
 };
 

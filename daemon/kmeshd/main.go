@@ -53,6 +53,8 @@ func parseFlags(args []string) (*flags, error) {
 		"(breaks applications that relay with splice(2), e.g. Go io.Copy between TCP conns)")
 	fs.DurationVar(&f.opts.ReportInterval, "report-interval", 10*time.Second, "periodic connection records (metrics, long-lived connections); 0 = only at open and close")
 	fs.BoolVar(&f.opts.BPFStats, "bpf-stats", false, "keep BPF run-time accounting on (per-program cost for metrics)")
+	fs.StringVar(&f.opts.WaypointProtocol, "waypoint-protocol", dataplane.WaypointProxyV2, "header telling a waypoint the original destination: "+
+		"proxy-v2 (PROXY protocol v2: HAProxy, nginx, Envoy) or kmesh-tlv (upstream Kmesh's waypoint image)")
 	fs.StringVar(&f.modelFile, "model-file", "", "debugging/test source: apply a model.Snapshot from this JSON/YAML file, re-applied on change")
 	fs.StringVar(&f.xds.XDSAddress, "xds-address", "", "xDS server (istiod, e.g. istiod.istio-system.svc:15012); default: the embedded control plane serving --config")
 	fs.StringVar(&f.xds.XDSCA, "xds-ca", "", "PEM root certificate of the xDS server (TLS when set; plaintext otherwise, for local servers)")

@@ -34,6 +34,9 @@ type (
 	ConnEventRaw = objs.SockopsKmConnEvent
 	FlipArgs     = objs.ControlKmFlipArgs
 	LBTestArgs   = objs.LbSelectLbTestArgs
+	WaypointKey  = objs.SockConnectKmWpKey
+	WaypointVal  = objs.SockConnectKmWpVal
+	WpHeaderArgs = objs.WpHeaderWpHeaderArgs
 )
 
 // Limits compiled into the BPF objects (bpf/lib/structs.h).
@@ -44,6 +47,17 @@ const (
 	FamV4       = 0
 	FamV6       = 1
 	MaxServices = 65536
+	// MaxWaypoints is km_waypoint's size (KM_MAX_WAYPOINTS).
+	MaxWaypoints = 131072
+	// WpHeaderMax is the longest waypoint header (PROXY v2, IPv6).
+	WpHeaderMax = 52
+)
+
+// Waypoint actions of km_wp_val (enum km_wp_action).
+const (
+	WpRedirect = 1 // connect to an instance of the waypoint service
+	WpBypass   = 2 // server-first port: load-balanced directly
+	WpRefuse   = 3 // waypoint required but unusable: ECONNREFUSED
 )
 
 // Algorithm and locality codes of km_svc_rec (enum km_lb_algorithm,
@@ -62,13 +76,20 @@ const (
 const (
 	EndpointLocal = 1 << 0
 
-	ConfigAccel = 1 << 0
+	EnrolWaypoint = 1 << 0 // KM_ENROL_WAYPOINT: a waypoint instance, never redirected
+
+	ConfigAccel       = 1 << 0
+	ConfigWpTLV       = 1 << 1 // waypoint header: Kmesh TLV instead of PROXY v2
+	ConfigWlWaypoints = 1 << 2 // km_waypoint holds workload-address entries
 
 	SockEnrolled  = 1 << 0
 	SockRewritten = 1 << 1
 	SockTracked   = 1 << 2
 	SockLocalDst  = 1 << 3
 	SockAccel     = 1 << 4
+	SockListener  = 1 << 5
+	SockWaypoint  = 1 << 6 // connect() was sent to a waypoint
+	SockWpHeader  = 1 << 7 // waypoint header not written yet
 )
 
 // Stat indexes km_stats (enum km_stat).
@@ -83,11 +104,18 @@ const (
 	StatEventsDropped
 	StatAccelInsert
 	StatAccelRedirect
+	StatWaypointRedirect
+	StatWaypointBypass
+	StatWaypointExempt
+	StatWaypointRefused
+	StatWaypointHeader
+	StatWaypointHeaderErr
 	StatMax
 )
 
 var statNames = [...]string{"connect_lb", "connect_refused", "connect_unenrolled", "lookup_miss",
-	"frontend_recycled", "events_dropped", "accel_insert", "accel_redirect"}
+	"frontend_recycled", "events_dropped", "accel_insert", "accel_redirect",
+	"waypoint_redirect", "waypoint_bypass", "waypoint_exempt", "waypoint_refused", "waypoint_header", "waypoint_header_err"}
 
 func (s Stat) String() string {
 	if int(s) < len(statNames) {
@@ -111,6 +139,7 @@ const (
 	MapSockhash  = "km_sockhash"
 	MapAccelRx   = "km_accel_rx"
 	MapListen    = "km_listen"
+	MapWaypoint  = "km_waypoint"
 	MapEvents    = "km_events"
 	MapLayout    = "km_layout"
 )

@@ -22,6 +22,11 @@ const (
 	// ExtEnrolment on a Workload: google.protobuf.Struct {"cgroup": path,
 	// "netns": path}; the local processes that belong to the workload.
 	ExtEnrolment = "kmesh-go.io/enrolment"
+	// ExtServerFirst on a Service or Workload: google.protobuf.Struct
+	// {"ports": [service ports whose protocol is server-first] (services
+	// only), "policy": "bypass" | "refuse"} (what the object's waypoint does
+	// with those ports; see model.ServerFirstPolicy).
+	ExtServerFirst = "kmesh-go.io/server-first"
 )
 
 // LBAlgorithmExtension encodes a for Service.extensions.
@@ -73,4 +78,52 @@ func decodeEnrolment(x *workloadapi.Extension) (*model.Enrolment, error) {
 		}
 	}
 	return e, nil
+}
+
+// ServerFirstExtension encodes server-first ports and the waypoint policy
+// for them (either may be empty).
+func ServerFirstExtension(ports []uint16, policy model.ServerFirstPolicy) *workloadapi.Extension {
+	m := map[string]any{}
+	if len(ports) > 0 {
+		l := make([]any, len(ports))
+		for i, p := range ports {
+			l[i] = float64(p)
+		}
+		m["ports"] = l
+	}
+	if policy != "" {
+		m["policy"] = string(policy)
+	}
+	st, _ := structpb.NewStruct(m)
+	cfg, _ := anypb.New(st)
+	return &workloadapi.Extension{Name: ExtServerFirst, Config: cfg}
+}
+
+func decodeServerFirst(x *workloadapi.Extension) (ports []uint16, policy model.ServerFirstPolicy, err error) {
+	var st structpb.Struct
+	if err := x.GetConfig().UnmarshalTo(&st); err != nil {
+		return nil, "", fmt.Errorf("extension %s: %w", x.GetName(), err)
+	}
+	for k, v := range st.GetFields() {
+		switch k {
+		case "ports":
+			for i, e := range v.GetListValue().GetValues() {
+				n, ok := e.GetKind().(*structpb.Value_NumberValue)
+				if !ok || n.NumberValue < 1 || n.NumberValue > 65535 || n.NumberValue != float64(uint16(n.NumberValue)) {
+					return nil, "", fmt.Errorf("extension %s: ports[%d] is not a port", x.GetName(), i)
+				}
+				ports = append(ports, uint16(n.NumberValue))
+			}
+		case "policy":
+			switch p := model.ServerFirstPolicy(v.GetStringValue()); p {
+			case model.ServerFirstBypass, model.ServerFirstRefuse:
+				policy = p
+			default:
+				return nil, "", fmt.Errorf("extension %s: policy %q (bypass or refuse)", x.GetName(), v.GetStringValue())
+			}
+		default:
+			return nil, "", fmt.Errorf("extension %s: unknown field %q", x.GetName(), k)
+		}
+	}
+	return ports, policy, nil
 }

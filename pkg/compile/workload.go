@@ -27,6 +27,9 @@ type Address struct {
 
 	WaypointIP   netip.Addr // valid if the waypoint was given by address
 	WaypointPort uint16
+	// WaypointServerFirst is the waypoint's server-first policy (extension
+	// ExtServerFirst), applied once the waypoint is resolved.
+	WaypointServerFirst model.ServerFirstPolicy
 }
 
 // ConvertAddress decodes and converts one delta resource of type
@@ -96,17 +99,35 @@ func ConvertService(s *workloadapi.Service) (Address, error) {
 		return Address{}, fmt.Errorf("service %s: load_balancing: %w", svc.Key, err)
 	}
 	svc.LB = lb
+	out := Address{Service: svc}
 	for _, x := range s.GetExtensions() {
-		if x.GetName() == ExtLBAlgorithm {
+		switch x.GetName() {
+		case ExtLBAlgorithm:
 			a, err := decodeLBAlgorithm(x)
 			if err != nil {
 				return Address{}, fmt.Errorf("service %s: %w", svc.Key, err)
 			}
 			svc.LB.Algorithm = a
+		case ExtServerFirst:
+			ports, policy, err := decodeServerFirst(x)
+			if err != nil {
+				return Address{}, fmt.Errorf("service %s: %w", svc.Key, err)
+			}
+			for _, p := range ports {
+				found := false
+				for i := range svc.Ports {
+					if svc.Ports[i].Port == p {
+						svc.Ports[i].ServerFirst, found = true, true
+					}
+				}
+				if !found {
+					return Address{}, fmt.Errorf("service %s: extension %s: no port %d", svc.Key, ExtServerFirst, p)
+				}
+			}
+			out.WaypointServerFirst = policy
 		}
 		// Other extensions are not ours: ignored, as the API requires.
 	}
-	out := Address{Service: svc}
 	if err := convertWaypoint(s.GetWaypoint(), &svc.Waypoint, &out); err != nil {
 		return Address{}, fmt.Errorf("service %s: waypoint: %w", svc.Key, err)
 	}
@@ -166,7 +187,8 @@ func convertWaypoint(g *workloadapi.GatewayAddress, ref **model.WaypointRef, out
 		if d.Hostname.GetHostname() == "" {
 			return fmt.Errorf("hostname is empty")
 		}
-		*ref = &model.WaypointRef{Service: d.Hostname.GetNamespace() + "/" + d.Hostname.GetHostname(), Port: p}
+		*ref = &model.WaypointRef{Service: d.Hostname.GetNamespace() + "/" + d.Hostname.GetHostname(), Port: p,
+			ServerFirst: out.WaypointServerFirst}
 	case *workloadapi.GatewayAddress_Address:
 		ip, err := addrFromBytes(d.Address.GetAddress())
 		if err != nil {
@@ -232,16 +254,26 @@ func ConvertWorkload(w *workloadapi.Workload) (Address, error) {
 		}
 		wl.Services[key] = ports
 	}
+	out := Address{Workload: wl}
 	for _, x := range w.GetExtensions() {
-		if x.GetName() == ExtEnrolment {
+		switch x.GetName() {
+		case ExtEnrolment:
 			e, err := decodeEnrolment(x)
 			if err != nil {
 				return Address{}, fmt.Errorf("workload %s: %w", wl.UID, err)
 			}
 			wl.Enrolment = e
+		case ExtServerFirst:
+			ports, policy, err := decodeServerFirst(x)
+			if err != nil {
+				return Address{}, fmt.Errorf("workload %s: %w", wl.UID, err)
+			}
+			if len(ports) > 0 {
+				return Address{}, fmt.Errorf("workload %s: extension %s: ports belong to services", wl.UID, ExtServerFirst)
+			}
+			out.WaypointServerFirst = policy
 		}
 	}
-	out := Address{Workload: wl}
 	if err := convertWaypoint(w.GetWaypoint(), &wl.Waypoint, &out); err != nil {
 		return Address{}, fmt.Errorf("workload %s: waypoint: %w", wl.UID, err)
 	}

@@ -490,12 +490,12 @@ func convertAll(rs []*discovery.Resource) []converted {
 	return out
 }
 
-func (s *WorkloadState) resolveWaypoint(obj string, ip netip.Addr, port uint16) *model.WaypointRef {
-	if !ip.IsValid() {
+func (s *WorkloadState) resolveWaypoint(obj string, a Address) *model.WaypointRef {
+	if !a.WaypointIP.IsValid() {
 		return nil
 	}
-	if key, ok := s.vipOwner[ip]; ok && key != obj {
-		return &model.WaypointRef{Service: key, Port: port}
+	if key, ok := s.vipOwner[a.WaypointIP]; ok && key != obj {
+		return &model.WaypointRef{Service: key, Port: a.WaypointPort, ServerFirst: a.WaypointServerFirst}
 	}
 	return nil
 }
@@ -503,7 +503,7 @@ func (s *WorkloadState) resolveWaypoint(obj string, ip netip.Addr, port uint16) 
 func (s *WorkloadState) materializeService(a Address) model.Service {
 	svc := *a.Service
 	if a.WaypointIP.IsValid() {
-		svc.Waypoint = s.resolveWaypoint(svc.Key, a.WaypointIP, a.WaypointPort)
+		svc.Waypoint = s.resolveWaypoint(svc.Key, a)
 	}
 	return svc
 }
@@ -511,7 +511,7 @@ func (s *WorkloadState) materializeService(a Address) model.Service {
 func (s *WorkloadState) materializeWorkload(a Address) model.Workload {
 	wl := *a.Workload
 	if a.WaypointIP.IsValid() {
-		wl.Waypoint = s.resolveWaypoint(wl.UID, a.WaypointIP, a.WaypointPort)
+		wl.Waypoint = s.resolveWaypoint(wl.UID, a)
 	}
 	return wl
 }

@@ -46,6 +46,9 @@ type PortConfig struct {
 	Name       string `yaml:"name,omitempty"`
 	Port       int    `yaml:"port"`
 	TargetPort int    `yaml:"targetPort,omitempty"` // default: port
+	// ServerFirst marks a protocol where the server speaks first (SMTP,
+	// MySQL): such a port cannot carry a waypoint header (docs/waypoint.md).
+	ServerFirst bool `yaml:"serverFirst,omitempty"`
 }
 
 // LBConfig is a service's load-balancing policy.
@@ -59,6 +62,9 @@ type LBConfig struct {
 type WaypointConfig struct {
 	Service string `yaml:"service"`
 	Port    int    `yaml:"port,omitempty"` // default 15008
+	// ServerFirst: what server-first ports do: bypass (default: skip the
+	// waypoint, load-balanced directly) or refuse (connects fail).
+	ServerFirst string `yaml:"serverFirst,omitempty"`
 }
 
 // WorkloadConfig is one workload.
@@ -81,6 +87,9 @@ type WorkloadConfig struct {
 	// Enrolment makes local processes part of the mesh: those in a cgroup
 	// (path under the cgroup2 mount) or in a network namespace.
 	Enrolment *EnrolmentConfig `yaml:"enrolment,omitempty"`
+	// Waypoint receives the traffic addressed to this workload's own
+	// addresses (not to its services' VIPs).
+	Waypoint *WaypointConfig `yaml:"waypoint,omitempty"`
 }
 
 // WorkloadServiceConfig binds a workload to a service.

@@ -15,6 +15,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/kmesh-go/kmesh/pkg/compile"
+	"github.com/kmesh-go/kmesh/pkg/model"
 )
 
 // FieldError is a rejected config value, located in the file.
@@ -252,14 +253,7 @@ func (v *validator) config(c *Config) {
 	for i := range c.Services {
 		s := &c.Services[i]
 		if s.Waypoint != nil {
-			at := fmt.Sprintf("services[%d].waypoint", i)
-			key, _, ok := ix.resolve(s.Waypoint.Service, namespace(s.Namespace))
-			if !ok {
-				v.fail(at+".service", "no service %q", s.Waypoint.Service)
-			} else if key == ServiceKey(s) {
-				v.fail(at+".service", "a service cannot be its own waypoint")
-			}
-			v.port(at+".port", s.Waypoint.Port, true)
+			v.waypoint(fmt.Sprintf("services[%d].waypoint", i), s.Waypoint, ix, c, namespace(s.Namespace), ServiceKey(s))
 		}
 	}
 	uids := map[string]int{}
@@ -300,6 +294,9 @@ func (v *validator) config(c *Config) {
 				}
 				v.port(pat+".targetPort", p.TargetPort, false)
 			}
+		}
+		if w.Waypoint != nil {
+			v.waypoint(at+".waypoint", w.Waypoint, ix, c, namespace(w.Namespace), "")
 		}
 		if w.Weight != nil && (*w.Weight < 1 || *w.Weight > 1<<20) {
 			v.fail(at+".weight", "%d is not in 1..1048576", *w.Weight)
@@ -428,6 +425,32 @@ func (v *validator) port(path string, p int, optional bool) {
 	}
 	if p < 1 || p > 65535 {
 		v.fail(path, "%d is not a port (1-65535)", p)
+	}
+}
+
+// waypoint checks a waypoint reference at path; self is the referring
+// service's key ("" for a workload).
+func (v *validator) waypoint(at string, wp *WaypointConfig, ix *services, c *Config, ns, self string) {
+	v.port(at+".port", wp.Port, true)
+	key, si, ok := ix.resolve(wp.Service, ns)
+	switch {
+	case !ok:
+		v.fail(at+".service", "no service %q", wp.Service)
+	case key == self:
+		v.fail(at+".service", "a service cannot be its own waypoint")
+	default:
+		port := wp.Port
+		if port == 0 {
+			port = DefaultWaypointPort
+		}
+		if !hasPort(&c.Services[si], port) {
+			v.fail(at+".port", "waypoint service %q has no port %d", key, port)
+		}
+	}
+	switch wp.ServerFirst {
+	case "", string(model.ServerFirstBypass), string(model.ServerFirstRefuse):
+	default:
+		v.fail(at+".serverFirst", "%q is not one of bypass, refuse", wp.ServerFirst)
 	}
 }
 

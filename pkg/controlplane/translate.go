@@ -64,8 +64,12 @@ func translateService(s *ServiceConfig, ix *services) *workloadapi.Address {
 		ip := netip.MustParseAddr(v).Unmap()
 		ws.Addresses = append(ws.Addresses, &workloadapi.NetworkAddress{Address: ip.AsSlice()})
 	}
+	var serverFirst []uint16
 	for _, p := range s.Ports {
 		ws.Ports = append(ws.Ports, &workloadapi.Port{ServicePort: uint32(p.Port), TargetPort: uint32(targetPort(p))})
+		if p.ServerFirst {
+			serverFirst = append(serverFirst, uint16(p.Port))
+		}
 	}
 	if lb := s.LB; lb != nil {
 		if lb.Locality != "" {
@@ -79,18 +83,33 @@ func translateService(s *ServiceConfig, ix *services) *workloadapi.Address {
 			ws.Extensions = append(ws.Extensions, compile.LBAlgorithmExtension(model.LBAlgorithm(lb.Algorithm)))
 		}
 	}
+	var policy model.ServerFirstPolicy
 	if wp := s.Waypoint; wp != nil {
-		wkey, _, _ := ix.resolve(wp.Service, namespace(s.Namespace))
-		port := wp.Port
-		if port == 0 {
-			port = 15008
-		}
-		ws.Waypoint = &workloadapi.GatewayAddress{
-			Destination:   &workloadapi.GatewayAddress_Hostname{Hostname: &workloadapi.NamespacedHostname{Namespace: nsOf(wkey), Hostname: hostOf(wkey)}},
-			HboneMtlsPort: uint32(port),
-		}
+		ws.Waypoint = gatewayAddress(wp, ix, namespace(s.Namespace))
+		policy = model.ServerFirstPolicy(wp.ServerFirst)
+	}
+	if len(serverFirst) > 0 || policy != "" {
+		ws.Extensions = append(ws.Extensions, compile.ServerFirstExtension(serverFirst, policy))
 	}
 	return &workloadapi.Address{Type: &workloadapi.Address_Service{Service: ws}}
+}
+
+// DefaultWaypointPort is a waypoint reference's port when none is given
+// (Istio's HBONE port, which Workload API waypoints carry).
+const DefaultWaypointPort = 15008
+
+// gatewayAddress is the Workload API form of a waypoint reference: the
+// waypoint service by hostname.
+func gatewayAddress(wp *WaypointConfig, ix *services, ns string) *workloadapi.GatewayAddress {
+	wkey, _, _ := ix.resolve(wp.Service, ns)
+	port := wp.Port
+	if port == 0 {
+		port = DefaultWaypointPort
+	}
+	return &workloadapi.GatewayAddress{
+		Destination:   &workloadapi.GatewayAddress_Hostname{Hostname: &workloadapi.NamespacedHostname{Namespace: nsOf(wkey), Hostname: hostOf(wkey)}},
+		HboneMtlsPort: uint32(port),
+	}
 }
 
 func translateWorkload(w *WorkloadConfig, ix *services, nodeName string) *workloadapi.Address {
@@ -124,6 +143,12 @@ func translateWorkload(w *WorkloadConfig, ix *services, nodeName string) *worklo
 	}
 	if e := w.Enrolment; e != nil {
 		ww.Extensions = append(ww.Extensions, compile.EnrolmentExtension(model.Enrolment{CgroupPath: e.Cgroup, NetnsPath: e.Netns}))
+	}
+	if wp := w.Waypoint; wp != nil {
+		ww.Waypoint = gatewayAddress(wp, ix, namespace(w.Namespace))
+		if wp.ServerFirst != "" {
+			ww.Extensions = append(ww.Extensions, compile.ServerFirstExtension(nil, model.ServerFirstPolicy(wp.ServerFirst)))
+		}
 	}
 	return &workloadapi.Address{Type: &workloadapi.Address_Workload{Workload: ww}}
 }

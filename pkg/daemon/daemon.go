@@ -50,6 +50,10 @@ type Options struct {
 	// BPFStats keeps the kernel's per-program run-time accounting on while
 	// the daemon runs (dataplane.ProgramStats); it costs ~20 ns per run.
 	BPFStats bool
+	// WaypointProtocol is the header given to waypoints: "proxy-v2"
+	// (default; HAProxy, nginx, Envoy) or "kmesh-tlv" (upstream Kmesh's
+	// waypoint image). See docs/waypoint.md.
+	WaypointProtocol string
 
 	// Source drives the dataplane (model file, xDS, embedded control plane).
 	Source Source
@@ -129,7 +133,7 @@ func Run(ctx context.Context, opts Options) error {
 		dpLog = opts.Observability.Logging.Logger("dataplane")
 	}
 	dp, err := dataplane.Open(dataplane.Options{BPF: opts.bpfOptions(), StateDir: opts.StateDir,
-		Accel: opts.Accel, ReportInterval: opts.ReportInterval, Logger: dpLog})
+		Accel: opts.Accel, ReportInterval: opts.ReportInterval, WaypointProtocol: opts.WaypointProtocol, Logger: dpLog})
 	if err != nil {
 		return err
 	}

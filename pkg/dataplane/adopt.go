@@ -2,6 +2,7 @@ package dataplane
 
 import (
 	"errors"
+	"fmt"
 
 	"github.com/cilium/ebpf"
 
@@ -125,6 +126,9 @@ func (d *Dataplane) adopt() error {
 			}
 			d.installWorkload(nil, w)
 		}
+	}
+	if err := d.adoptWaypoints(); err != nil {
+		return fmt.Errorf("adopting %s: %w", bpf.MapWaypoint, err)
 	}
 	d.log.Info("adopted pinned dataplane", "services", len(d.svcs), "workloads", len(d.wls),
 		"active_generations", len(active), "frontends", len(d.frontends))

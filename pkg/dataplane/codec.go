@@ -87,6 +87,7 @@ func (e *encoder) waypoint(w *model.WaypointRef) {
 	if w != nil {
 		e.str(w.Service)
 		e.uvarint(uint64(w.Port))
+		e.str(string(w.ServerFirst))
 	}
 }
 
@@ -177,6 +178,7 @@ func (e *encoder) state(w *wlState) {
 	e.uvarint(k.netns)
 	e.str(k.cgPath)
 	e.str(k.nsPath)
+	e.waypoint(w.wp)
 }
 
 // encodeState writes p (format stateFormat).
@@ -276,7 +278,7 @@ func (d *decoder) waypoint() *model.WaypointRef {
 	if !d.boolean() {
 		return nil
 	}
-	return &model.WaypointRef{Service: d.str(), Port: d.u16()}
+	return &model.WaypointRef{Service: d.str(), Port: d.u16(), ServerFirst: model.ServerFirstPolicy(d.str())}
 }
 
 func (d *decoder) service() *model.Service {
@@ -337,6 +339,7 @@ func (d *decoder) state() *wlState {
 	if k := (enrolKey{present: d.boolean(), cgroup: d.uvarint(), level: int(d.uvarint()), netns: d.uvarint(), cgPath: d.str(), nsPath: d.str()}); k.present {
 		w.enrol = &k
 	}
+	w.wp = d.waypoint()
 	return w
 }
 

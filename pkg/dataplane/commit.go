@@ -10,12 +10,15 @@ import (
 // commit writes a plan to the maps in an order under which every concurrent
 // connect() sees either the old or the new state of each service:
 //
-//  1. new enrolments are written;
+//  1. new enrolments are written, and new waypoint instances are marked
+//     exempt from waypoints;
 //  2. frontends that go away are deleted (connects to them pass through);
 //  3. each changed service gets a complete new generation, then one atomic
 //     flip (bpf.Objects.Flip) makes it active; the old one is retired;
 //  4. new frontends are written (their services are already active);
-//  5. superseded enrolments are removed.
+//  5. superseded enrolments are removed;
+//  6. waypoint entries are written (the services they name are active), then
+//     exemptions that no longer apply are dropped.
 //
 // Retired generations are deleted by the collector after an RCU grace
 // period, never while a program may still read them.
@@ -27,7 +30,7 @@ func (d *Dataplane) commit(p *plan) error {
 	for uid, st := range p.wlUp {
 		cur := d.wls[uid]
 		if e := st.enrolment(); e.cgroup != 0 && (cur == nil || cur.enrolment().cgroup != e.cgroup) {
-			if err := maps[bpf.MapEnrolCg].Put(e.cgroup, bpf.Enrol{WorkloadId: st.id}); err != nil {
+			if err := maps[bpf.MapEnrolCg].Put(e.cgroup, bpf.Enrol{WorkloadId: st.id, Flags: d.enrolFlags(p, uid)}); err != nil {
 				return fmt.Errorf("enrolling cgroup %s: %w", e.cgPath, err)
 			}
 			d.enrolCg[e.cgroup] = st.id
@@ -36,7 +39,7 @@ func (d *Dataplane) commit(p *plan) error {
 			}
 		}
 		if e := st.enrolment(); e.netns != 0 && (cur == nil || cur.enrolment().netns != e.netns) {
-			if err := maps[bpf.MapEnrolNs].Put(e.netns, bpf.Enrol{WorkloadId: st.id}); err != nil {
+			if err := maps[bpf.MapEnrolNs].Put(e.netns, bpf.Enrol{WorkloadId: st.id, Flags: d.enrolFlags(p, uid)}); err != nil {
 				return fmt.Errorf("enrolling netns %s: %w", e.nsPath, err)
 			}
 			d.enrolNs[e.netns] = st.id
@@ -46,6 +49,9 @@ func (d *Dataplane) commit(p *plan) error {
 		if err := d.writeConfig(); err != nil {
 			return err
 		}
+	}
+	if err := d.commitExemptOn(p); err != nil {
+		return err
 	}
 
 	// 2. frontends that go away.
@@ -118,6 +124,10 @@ func (d *Dataplane) commit(p *plan) error {
 		if err := d.writeConfig(); err != nil {
 			return err
 		}
+	}
+	// 6. waypoints.
+	if err := d.commitWaypoints(p); err != nil {
+		return err
 	}
 	d.node = p.node
 	if p.full {
@@ -309,6 +319,7 @@ func (d *Dataplane) writeConfig() error {
 	if d.opts.Accel {
 		cfg.Flags |= bpf.ConfigAccel
 	}
+	cfg.Flags |= d.wpConfigFlags()
 	if err := d.obj.Maps[bpf.MapConfig].Put(uint32(0), &cfg); err != nil {
 		return fmt.Errorf("writing %s: %w", bpf.MapConfig, err)
 	}

@@ -37,7 +37,10 @@ type Options struct {
 	// ReportInterval makes sockops emit a PERIODIC record for connections
 	// open longer than this (0 = only OPEN and CLOSE).
 	ReportInterval time.Duration
-	Logger         *slog.Logger
+	// WaypointProtocol is the header written for waypoints: WaypointProxyV2
+	// (default) or WaypointKmeshTLV.
+	WaypointProtocol string
+	Logger           *slog.Logger
 }
 
 // DefaultStateDir is where ids and the applied model are kept.
@@ -72,6 +75,8 @@ type Dataplane struct {
 	state *stateWriter
 	// cgroup depths of adopted enrolments not yet attributed to a workload
 	legacyLevels uint64
+
+	wp wpState // waypoints (waypoint.go)
 }
 
 type counts struct{ slots, gens int }
@@ -97,6 +102,9 @@ func Open(opts Options) (*Dataplane, error) {
 	}
 	if opts.BPF.Logger == nil {
 		opts.BPF.Logger = opts.Logger
+	}
+	if err := checkWaypointProtocol(opts.WaypointProtocol); err != nil {
+		return nil, err
 	}
 	mount, err := probe.Cgroup2Mount(opts.BPF.Cgroup2)
 	if err != nil {
@@ -307,6 +315,7 @@ type plan struct {
 	feAdd   []bpf.FrontendKey
 	feDel   []bpf.FrontendKey
 	members map[string]map[uint32]struct{} // membership of touched services in the new view
+	wp      *wpPlan                        // waypoint changes (nil: none)
 }
 
 func (d *Dataplane) plan(ch change) (p *plan, err error) {
@@ -453,6 +462,9 @@ func (d *Dataplane) plan(ch change) (p *plan, err error) {
 	}
 
 	if err := d.planFrontends(p); err != nil {
+		return nil, err
+	}
+	if err := d.planWaypoints(p); err != nil {
 		return nil, err
 	}
 	if err := d.checkCapacity(p); err != nil {

@@ -22,7 +22,7 @@ import (
 // stay authoritative (see adopt) and a full Apply converges everything.
 const (
 	stateFile     = "dataplane.state"
-	stateFormat   = 1
+	stateFormat   = 2 // 2: waypoint server-first policy, workload waypoints
 	stateDebounce = 300 * time.Millisecond
 )
 

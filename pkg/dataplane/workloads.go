@@ -23,9 +23,10 @@ type wlState struct {
 	ep      endpoint
 	weight  uint32
 	healthy bool
-	loc     *model.Locality // interned
-	svcs    []membership    // sorted by key
-	enrol   *enrolKey       // nil unless enrolled on this node (few are)
+	loc     *model.Locality    // interned
+	svcs    []membership       // sorted by key
+	enrol   *enrolKey          // nil unless enrolled on this node (few are)
+	wp      *model.WaypointRef // nil unless the workload has a waypoint (few do)
 }
 
 func (w *wlState) enrolment() enrolKey {
@@ -129,6 +130,10 @@ func (d *Dataplane) planWorkload(p *plan, wl *model.Workload, hash uint64) (*wlS
 		return nil, err
 	}
 	st := &wlState{uid: wl.UID, id: id, hash: hash, ep: ep, weight: wl.Weight, healthy: wl.Healthy, loc: d.internLoc(wl.Locality)}
+	if wl.Waypoint != nil {
+		ref := *wl.Waypoint
+		st.wp = &ref
+	}
 	if len(wl.Services) > 0 {
 		st.svcs = make([]membership, 0, len(wl.Services))
 		for key, ports := range wl.Services {

@@ -125,7 +125,25 @@ type Service struct {
 type WaypointRef struct {
 	Service string `json:"service"` // Key of the waypoint's Service
 	Port    uint16 `json:"port"`    // the waypoint service port that accepts redirected traffic
+	// ServerFirst decides what happens to connections to server-first ports
+	// (ServicePort.ServerFirst), which cannot carry a waypoint header.
+	ServerFirst ServerFirstPolicy `json:"serverFirst,omitempty"`
 }
+
+// ServerFirstPolicy is what a waypoint-bound object does with server-first
+// ports. The waypoint header (PROXY protocol) is written on the client's first
+// send, and with a server-first protocol (SMTP, MySQL) the client sends nothing
+// until the server has spoken, while the waypoint waits for the header.
+type ServerFirstPolicy string
+
+const (
+	// ServerFirstBypass (the default, also ""): such ports skip the waypoint
+	// and are load-balanced directly at L4.
+	ServerFirstBypass ServerFirstPolicy = "bypass"
+	// ServerFirstRefuse: connects to such ports fail with ECONNREFUSED, for
+	// waypoints that must not be bypassed (L7 policy enforcement).
+	ServerFirstRefuse ServerFirstPolicy = "refuse"
+)
 
 // WorkloadPort overrides a service port's target port for one workload
 // (Istio's Workload.services PortList).

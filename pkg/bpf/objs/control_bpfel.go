@@ -39,6 +39,7 @@ const (
 	ControlMapKmStats            = "km_stats"
 	ControlMapKmSvcActive        = "km_svc_active"
 	ControlMapKmSvcGen           = "km_svc_gen"
+	ControlMapKmWaypoint         = "km_waypoint"
 	ControlProgKmFlip            = "km_flip"
 	ControlVarKmHasSetRetval     = "km_has_set_retval"
 	ControlVarKmSockopsHasCgroup = "km_sockops_has_cgroup"
@@ -107,6 +108,7 @@ type ControlMapSpecs struct {
 	KmStats     *ebpf.MapSpec `ebpf:"km_stats"`
 	KmSvcActive *ebpf.MapSpec `ebpf:"km_svc_active"`
 	KmSvcGen    *ebpf.MapSpec `ebpf:"km_svc_gen"`
+	KmWaypoint  *ebpf.MapSpec `ebpf:"km_waypoint"`
 }
 
 // ControlVariableSpecs contains global variables before they are loaded into the kernel.
@@ -151,6 +153,7 @@ type ControlMaps struct {
 	KmStats     *ebpf.Map `ebpf:"km_stats"`
 	KmSvcActive *ebpf.Map `ebpf:"km_svc_active"`
 	KmSvcGen    *ebpf.Map `ebpf:"km_svc_gen"`
+	KmWaypoint  *ebpf.Map `ebpf:"km_waypoint"`
 }
 
 func (m *ControlMaps) Close() error {
@@ -169,6 +172,7 @@ func (m *ControlMaps) Close() error {
 		m.KmStats,
 		m.KmSvcActive,
 		m.KmSvcGen,
+		m.KmWaypoint,
 	)
 }
 

@@ -47,6 +47,7 @@ const (
 	LbSelectMapKmStats            = "km_stats"
 	LbSelectMapKmSvcActive        = "km_svc_active"
 	LbSelectMapKmSvcGen           = "km_svc_gen"
+	LbSelectMapKmWaypoint         = "km_waypoint"
 	LbSelectProgLbSelect          = "lb_select"
 	LbSelectVarKmHasSetRetval     = "km_has_set_retval"
 	LbSelectVarKmSockopsHasCgroup = "km_sockops_has_cgroup"
@@ -115,6 +116,7 @@ type LbSelectMapSpecs struct {
 	KmStats     *ebpf.MapSpec `ebpf:"km_stats"`
 	KmSvcActive *ebpf.MapSpec `ebpf:"km_svc_active"`
 	KmSvcGen    *ebpf.MapSpec `ebpf:"km_svc_gen"`
+	KmWaypoint  *ebpf.MapSpec `ebpf:"km_waypoint"`
 }
 
 // LbSelectVariableSpecs contains global variables before they are loaded into the kernel.
@@ -159,6 +161,7 @@ type LbSelectMaps struct {
 	KmStats     *ebpf.Map `ebpf:"km_stats"`
 	KmSvcActive *ebpf.Map `ebpf:"km_svc_active"`
 	KmSvcGen    *ebpf.Map `ebpf:"km_svc_gen"`
+	KmWaypoint  *ebpf.Map `ebpf:"km_waypoint"`
 }
 
 func (m *LbSelectMaps) Close() error {
@@ -177,6 +180,7 @@ func (m *LbSelectMaps) Close() error {
 		m.KmStats,
 		m.KmSvcActive,
 		m.KmSvcGen,
+		m.KmWaypoint,
 	)
 }
 

@@ -30,6 +30,7 @@ const (
 	SkMsgMapKmStats            = "km_stats"
 	SkMsgMapKmSvcActive        = "km_svc_active"
 	SkMsgMapKmSvcGen           = "km_svc_gen"
+	SkMsgMapKmWaypoint         = "km_waypoint"
 	SkMsgProgKmSkMsg           = "km_sk_msg"
 	SkMsgVarKmHasSetRetval     = "km_has_set_retval"
 	SkMsgVarKmSockopsHasCgroup = "km_sockops_has_cgroup"
@@ -98,6 +99,7 @@ type SkMsgMapSpecs struct {
 	KmStats     *ebpf.MapSpec `ebpf:"km_stats"`
 	KmSvcActive *ebpf.MapSpec `ebpf:"km_svc_active"`
 	KmSvcGen    *ebpf.MapSpec `ebpf:"km_svc_gen"`
+	KmWaypoint  *ebpf.MapSpec `ebpf:"km_waypoint"`
 }
 
 // SkMsgVariableSpecs contains global variables before they are loaded into the kernel.
@@ -142,6 +144,7 @@ type SkMsgMaps struct {
 	KmStats     *ebpf.Map `ebpf:"km_stats"`
 	KmSvcActive *ebpf.Map `ebpf:"km_svc_active"`
 	KmSvcGen    *ebpf.Map `ebpf:"km_svc_gen"`
+	KmWaypoint  *ebpf.Map `ebpf:"km_waypoint"`
 }
 
 func (m *SkMsgMaps) Close() error {
@@ -160,6 +163,7 @@ func (m *SkMsgMaps) Close() error {
 		m.KmStats,
 		m.KmSvcActive,
 		m.KmSvcGen,
+		m.KmWaypoint,
 	)
 }
 

@@ -118,6 +118,23 @@ type SockConnectKmSvcRec struct {
 	Wsum      [2][8]uint32
 }
 
+type SockConnectKmWpKey struct {
+	_     structs.HostLayout
+	Addr  [4]uint32
+	SvcId uint32
+	Port  uint16
+	Pad   uint16
+}
+
+type SockConnectKmWpVal struct {
+	_      structs.HostLayout
+	WpSvc  uint32
+	WpPort uint16
+	Action uint8
+	Pad    uint8
+	Key    SockConnectKmWpKey
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -136,6 +153,7 @@ const (
 	SockConnectMapKmStats            = "km_stats"
 	SockConnectMapKmSvcActive        = "km_svc_active"
 	SockConnectMapKmSvcGen           = "km_svc_gen"
+	SockConnectMapKmWaypoint         = "km_waypoint"
 	SockConnectProgKmConnect4        = "km_connect4"
 	SockConnectProgKmConnect6        = "km_connect6"
 	SockConnectProgKmGetpeername4    = "km_getpeername4"
@@ -210,6 +228,7 @@ type SockConnectMapSpecs struct {
 	KmStats     *ebpf.MapSpec `ebpf:"km_stats"`
 	KmSvcActive *ebpf.MapSpec `ebpf:"km_svc_active"`
 	KmSvcGen    *ebpf.MapSpec `ebpf:"km_svc_gen"`
+	KmWaypoint  *ebpf.MapSpec `ebpf:"km_waypoint"`
 }
 
 // SockConnectVariableSpecs contains global variables before they are loaded into the kernel.
@@ -254,6 +273,7 @@ type SockConnectMaps struct {
 	KmStats     *ebpf.Map `ebpf:"km_stats"`
 	KmSvcActive *ebpf.Map `ebpf:"km_svc_active"`
 	KmSvcGen    *ebpf.Map `ebpf:"km_svc_gen"`
+	KmWaypoint  *ebpf.Map `ebpf:"km_waypoint"`
 }
 
 func (m *SockConnectMaps) Close() error {
@@ -272,6 +292,7 @@ func (m *SockConnectMaps) Close() error {
 		m.KmStats,
 		m.KmSvcActive,
 		m.KmSvcGen,
+		m.KmWaypoint,
 	)
 }
 

@@ -30,6 +30,7 @@ const (
 	SockCreateMapKmStats            = "km_stats"
 	SockCreateMapKmSvcActive        = "km_svc_active"
 	SockCreateMapKmSvcGen           = "km_svc_gen"
+	SockCreateMapKmWaypoint         = "km_waypoint"
 	SockCreateProgKmSockCreate      = "km_sock_create"
 	SockCreateVarKmHasSetRetval     = "km_has_set_retval"
 	SockCreateVarKmSockopsHasCgroup = "km_sockops_has_cgroup"
@@ -98,6 +99,7 @@ type SockCreateMapSpecs struct {
 	KmStats     *ebpf.MapSpec `ebpf:"km_stats"`
 	KmSvcActive *ebpf.MapSpec `ebpf:"km_svc_active"`
 	KmSvcGen    *ebpf.MapSpec `ebpf:"km_svc_gen"`
+	KmWaypoint  *ebpf.MapSpec `ebpf:"km_waypoint"`
 }
 
 // SockCreateVariableSpecs contains global variables before they are loaded into the kernel.
@@ -142,6 +144,7 @@ type SockCreateMaps struct {
 	KmStats     *ebpf.Map `ebpf:"km_stats"`
 	KmSvcActive *ebpf.Map `ebpf:"km_svc_active"`
 	KmSvcGen    *ebpf.Map `ebpf:"km_svc_gen"`
+	KmWaypoint  *ebpf.Map `ebpf:"km_waypoint"`
 }
 
 func (m *SockCreateMaps) Close() error {
@@ -160,6 +163,7 @@ func (m *SockCreateMaps) Close() error {
 		m.KmStats,
 		m.KmSvcActive,
 		m.KmSvcGen,
+		m.KmWaypoint,
 	)
 }
 

@@ -58,6 +58,7 @@ const (
 	SockopsMapKmStats            = "km_stats"
 	SockopsMapKmSvcActive        = "km_svc_active"
 	SockopsMapKmSvcGen           = "km_svc_gen"
+	SockopsMapKmWaypoint         = "km_waypoint"
 	SockopsProgKmSockops         = "km_sockops"
 	SockopsVarKmHasSetRetval     = "km_has_set_retval"
 	SockopsVarKmSockopsHasCgroup = "km_sockops_has_cgroup"
@@ -126,6 +127,7 @@ type SockopsMapSpecs struct {
 	KmStats     *ebpf.MapSpec `ebpf:"km_stats"`
 	KmSvcActive *ebpf.MapSpec `ebpf:"km_svc_active"`
 	KmSvcGen    *ebpf.MapSpec `ebpf:"km_svc_gen"`
+	KmWaypoint  *ebpf.MapSpec `ebpf:"km_waypoint"`
 }
 
 // SockopsVariableSpecs contains global variables before they are loaded into the kernel.
@@ -170,6 +172,7 @@ type SockopsMaps struct {
 	KmStats     *ebpf.Map `ebpf:"km_stats"`
 	KmSvcActive *ebpf.Map `ebpf:"km_svc_active"`
 	KmSvcGen    *ebpf.Map `ebpf:"km_svc_gen"`
+	KmWaypoint  *ebpf.Map `ebpf:"km_waypoint"`
 }
 
 func (m *SockopsMaps) Close() error {
@@ -188,6 +191,7 @@ func (m *SockopsMaps) Close() error {
 		m.KmStats,
 		m.KmSvcActive,
 		m.KmSvcGen,
+		m.KmWaypoint,
 	)
 }
 
