@@ -504,7 +504,7 @@ static void decide(struct sock *sk, struct kmesh_dsock *d, struct msghdr *msg)
 		kmesh_stat_inc(KMESH_STAT_NO_ROUTE);
 		dsock_detach(sk, d);
 		inet_clear_bit(DEFER_CONNECT, sk);
-		fail_socket(sk, EHOSTUNREACH);
+		fail_socket(sk, call.err ? call.err : EHOSTUNREACH);
 		return;
 	default:
 		/* No router registered, out of memory, or an unknown verdict. */

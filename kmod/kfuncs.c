@@ -163,6 +163,15 @@ __bpf_kfunc int bpf_kmesh_l7_set_dest(struct kmesh_l7_ctx *ctx, const void *addr
 				 (__force __be16)port);
 }
 
+/* bpf_kmesh_l7_set_error - from kmesh_l7_ops.route: the errno the first send
+ * fails with when the verdict is KMESH_L7_NO_ROUTE (default EHOSTUNREACH).
+ * One of EHOSTUNREACH, ENETUNREACH, ECONNREFUSED, ECONNRESET, ETIMEDOUT,
+ * EBUSY (positive); -EINVAL for anything else. */
+__bpf_kfunc int bpf_kmesh_l7_set_error(struct kmesh_l7_ctx *ctx, int err)
+{
+	return kmesh_l7_set_error(container_of(ctx, struct kmesh_l7_call, pub), err);
+}
+
 __bpf_kfunc_end_defs();
 
 BTF_KFUNCS_START(kmesh_kfunc_ids)
@@ -176,12 +185,14 @@ BTF_ID_FLAGS(func, bpf_kmesh_http_match_path, KF_TRUSTED_ARGS)
 BTF_ID_FLAGS(func, bpf_kmesh_http_match_header, KF_TRUSTED_ARGS)
 BTF_ID_FLAGS(func, bpf_kmesh_http_copy, KF_TRUSTED_ARGS)
 BTF_ID_FLAGS(func, bpf_kmesh_l7_set_dest, KF_TRUSTED_ARGS)
+BTF_ID_FLAGS(func, bpf_kmesh_l7_set_error, KF_TRUSTED_ARGS)
 BTF_KFUNCS_END(kmesh_kfunc_ids)
 
 /* kfuncs with a narrower audience than the rest. */
 BTF_ID_LIST(kmesh_narrow_ids)
 BTF_ID(func, bpf_kmesh_defer_connect)
 BTF_ID(func, bpf_kmesh_l7_set_dest)
+BTF_ID(func, bpf_kmesh_l7_set_error)
 
 /* kmesh_kfunc_filter admits a kfunc for a program (0) or hides it (-EACCES).
  * The parser allocates with GFP_ATOMIC, so it is kept away from program types
@@ -194,7 +205,7 @@ static int kmesh_kfunc_filter(const struct bpf_prog *prog, u32 kfunc_id)
 		return type == BPF_PROG_TYPE_CGROUP_SOCK_ADDR &&
 		       (prog->expected_attach_type == BPF_CGROUP_INET4_CONNECT ||
 			prog->expected_attach_type == BPF_CGROUP_INET6_CONNECT) ? 0 : -EACCES;
-	if (kfunc_id == kmesh_narrow_ids[1])
+	if (kfunc_id == kmesh_narrow_ids[1] || kfunc_id == kmesh_narrow_ids[2])
 		return type == BPF_PROG_TYPE_STRUCT_OPS ? 0 : -EACCES;
 
 	switch (type) {

@@ -10,7 +10,7 @@
 #include "kmesh_abi.h"
 #include "http_parse.h"
 
-#define KMESH_MODULE_VERSION "0.2.0"
+#define KMESH_MODULE_VERSION "0.3.0"
 
 /* ---- stats.c: counters and the safe-mode switch ---------------------------- */
 enum kmesh_stat {
@@ -61,12 +61,14 @@ struct kmesh_l7_call {
 	struct sockaddr_storage dest;
 	int dest_len;
 	bool ipv6_only; /* AF_INET6 socket with IPV6_V6ONLY: no v4-mapped destinations */
+	int err;        /* errno of a NO_ROUTE verdict (bpf_kmesh_l7_set_error); 0: EHOSTUNREACH */
 };
 
 int kmesh_l7_ops_init(void);
 /* Calls the registered route program; -ENOENT when none is registered. */
 int kmesh_l7_route(struct kmesh_l7_call *call, struct kmesh_http_req *req);
 int kmesh_l7_set_dest(struct kmesh_l7_call *call, const u8 *addr, u32 addr_len, __be16 port);
+int kmesh_l7_set_error(struct kmesh_l7_call *call, int err);
 
 /* ---- defer_connect.c ----------------------------------------------------------- */
 struct sock;

@@ -14,7 +14,7 @@
 #include <linux/types.h>
 #endif
 
-#define KMESH_ABI_VERSION 2
+#define KMESH_ABI_VERSION 3
 
 /* ---- HTTP/1.x parser limits ------------------------------------------------
  * The head (request line + header lines + the empty line) is parsed from at
@@ -97,7 +97,8 @@ struct kmesh_http_info {
  * first bytes and calls kmesh_l7_ops.route(), which returns a verdict. */
 #define KMESH_L7_PASS     0 /* connect to the destination connect() was given (after BPF rewrites) */
 #define KMESH_L7_REDIRECT 1 /* connect to the destination set with bpf_kmesh_l7_set_dest() */
-#define KMESH_L7_NO_ROUTE 2 /* fail the first send with EHOSTUNREACH */
+#define KMESH_L7_NO_ROUTE 2 /* fail the first send with EHOSTUNREACH, or the errno set with
+                            * bpf_kmesh_l7_set_error() (ABI 3) */
 
 /* The read-only view a kmesh_l7_ops.route program gets (BTF pointer). */
 struct kmesh_l7_ctx {

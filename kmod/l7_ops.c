@@ -75,6 +75,24 @@ int kmesh_l7_set_dest(struct kmesh_l7_call *call, const u8 *addr, u32 addr_len, 
 	return -EAFNOSUPPORT;
 }
 
+/* The errnos a router may give a refused connection: the ones a failed
+ * connect reports anyway, plus EBUSY for "the upstream is at its connection
+ * limit" (circuit breaking). Anything else would confuse applications. */
+int kmesh_l7_set_error(struct kmesh_l7_call *call, int err)
+{
+	switch (err) {
+	case EHOSTUNREACH:
+	case ENETUNREACH:
+	case ECONNREFUSED:
+	case ECONNRESET:
+	case ETIMEDOUT:
+	case EBUSY:
+		call->err = err;
+		return 0;
+	}
+	return -EINVAL;
+}
+
 static int kmesh_l7_reg(void *kdata, struct bpf_link *link)
 {
 	struct kmesh_l7_ops *ops = kdata;

@@ -6,6 +6,7 @@
  * Which program types may call what (the module's kfunc filter):
  *   bpf_kmesh_defer_connect   cgroup/connect4, cgroup/connect6
  *   bpf_kmesh_l7_set_dest     struct_ops kmesh_l7_ops
+ *   bpf_kmesh_l7_set_error    struct_ops kmesh_l7_ops
  *   all others                cgroup sock_addr/skb, sock_ops, sk_msg, sk_skb,
  *                             syscall, xdp, tc, struct_ops
  * Strings passed as (ptr, ptr__sz) must be in writable memory (stack or map
@@ -60,5 +61,10 @@ extern int bpf_kmesh_http_copy(struct kmesh_http_req *req, __u32 field, void *ds
  * or 16 bytes, addr and port in network order. */
 extern int bpf_kmesh_l7_set_dest(struct kmesh_l7_ctx *ctx, const void *addr, __u32 addr__sz,
 				 __u16 port) __ksym;
+
+/* From kmesh_l7_ops.route (ABI 3): the errno a KMESH_L7_NO_ROUTE verdict fails
+ * the first send with (default EHOSTUNREACH): EHOSTUNREACH, ENETUNREACH,
+ * ECONNREFUSED, ECONNRESET, ETIMEDOUT or EBUSY (positive); else -EINVAL. */
+extern int bpf_kmesh_l7_set_error(struct kmesh_l7_ctx *ctx, int err) __ksym;
 
 #endif

@@ -44,6 +44,7 @@ func parseFlags(args []string) (*flags, error) {
 	f := &flags{}
 	fs := flag.NewFlagSet("kmeshd", flag.ContinueOnError)
 	fs.StringVar(&f.opts.Mode, "mode", daemon.ModeDualEngine, "dual-engine (eBPF L4 + waypoint L7) or kernel-native (needs kmesh.ko)")
+	fs.StringVar(&f.opts.KmodPath, "kmod-path", "", "kernel-native: kmesh.ko to load when the module is not loaded (e.g. /lib/modules/kmesh/kmesh.ko)")
 	fs.StringVar(&f.opts.BPFFS, "bpffs", probe.DefaultBPFFS, "bpffs mount (mounted if needed)")
 	fs.StringVar(&f.opts.PinDir, "pin-dir", "kmesh", "pin directory, relative to --bpffs or absolute")
 	fs.StringVar(&f.opts.Cgroup2, "cgroup2", "", "cgroup v2 mount (default: autodetect)")

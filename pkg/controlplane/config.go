@@ -39,6 +39,18 @@ type ServiceConfig struct {
 	// Waypoint names another service (by name in this namespace, or
 	// namespace/hostname) that receives this service's traffic.
 	Waypoint *WaypointConfig `yaml:"waypoint,omitempty"`
+	// Cluster tunes the Envoy clusters of the service's ports (kernel-native).
+	Cluster *ClusterConfig `yaml:"cluster,omitempty"`
+}
+
+// ClusterConfig tunes the Envoy clusters of a service (kernel-native mode).
+type ClusterConfig struct {
+	// MaxConnections is the circuit breaker: at most this many concurrent
+	// connections per service port; the next one fails (EBUSY). 0: no limit.
+	MaxConnections int `yaml:"maxConnections,omitempty"`
+	// ConnectTimeout bounds a connection's handshake, e.g. "2s" or "500ms"
+	// (default 1s); the connection then fails with ETIMEDOUT.
+	ConnectTimeout string `yaml:"connectTimeout,omitempty"`
 }
 
 // PortConfig maps a service port to the workloads' port.
@@ -116,6 +128,9 @@ type HTTPListenerConfig struct {
 	Address      string              `yaml:"address"` // a VIP
 	Port         int                 `yaml:"port"`
 	VirtualHosts []VirtualHostConfig `yaml:"virtualHosts"`
+	// TCP receives connections whose first bytes are not HTTP/1.x. Default:
+	// the service whose VIP:port the listener takes, if any.
+	TCP *BackendConfig `yaml:"tcp,omitempty"`
 }
 
 // VirtualHostConfig matches requests by Host.

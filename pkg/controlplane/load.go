@@ -11,6 +11,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"time"
 
 	"go.yaml.in/yaml/v3"
 
@@ -248,6 +249,19 @@ func (v *validator) config(c *Config) {
 			}
 		}
 	}
+	for i := range c.Services {
+		if cc := c.Services[i].Cluster; cc != nil {
+			at := fmt.Sprintf("services[%d].cluster", i)
+			if cc.MaxConnections < 0 || cc.MaxConnections >= 1<<32-1 {
+				v.fail(at+".maxConnections", "%d is not in 0..4294967294 (0: no limit)", cc.MaxConnections)
+			}
+			if cc.ConnectTimeout != "" {
+				if d, err := time.ParseDuration(cc.ConnectTimeout); err != nil || d <= 0 || d > time.Hour {
+					v.fail(at+".connectTimeout", "%q is not a duration between 1ms and 1h (e.g. 2s, 500ms)", cc.ConnectTimeout)
+				}
+			}
+		}
+	}
 	// Waypoints and workload bindings refer to services: check after all are known.
 	ix := indexServices(c)
 	for i := range c.Services {
@@ -330,6 +344,18 @@ func (v *validator) config(c *Config) {
 		}
 		if len(h.VirtualHosts) == 0 {
 			v.fail(at+".virtualHosts", "at least one virtual host is needed")
+		}
+		if b := h.TCP; b != nil {
+			key, si, ok := ix.resolve(b.Service, "default")
+			port := b.Port
+			if port == 0 {
+				port = h.Port
+			}
+			if !ok {
+				v.fail(at+".tcp.service", "no service %q", b.Service)
+			} else if !hasPort(&c.Services[si], port) {
+				v.fail(at+".tcp.port", "service %q has no port %d", key, port)
+			}
 		}
 		domains := map[string]int{}
 		for j, vh := range h.VirtualHosts {

@@ -235,13 +235,23 @@ func translateEnvoy(c *Config, ix *services) map[string][]types.Resource {
 		}
 		for _, p := range s.Ports {
 			name := ClusterName(host, p.Port)
-			out[xds.ClusterType] = append(out[xds.ClusterType], &cluster.Cluster{
+			cl := &cluster.Cluster{
 				Name:                 name,
 				ClusterDiscoveryType: &cluster.Cluster_Type{Type: cluster.Cluster_EDS},
 				EdsClusterConfig:     &cluster.Cluster_EdsClusterConfig{EdsConfig: ads},
 				LbPolicy:             lb,
 				ConnectTimeout:       durationpb.New(time.Second),
-			})
+			}
+			if cc := s.Cluster; cc != nil {
+				if d, err := time.ParseDuration(cc.ConnectTimeout); err == nil && d > 0 {
+					cl.ConnectTimeout = durationpb.New(d)
+				}
+				if cc.MaxConnections > 0 {
+					cl.CircuitBreakers = &cluster.CircuitBreakers{Thresholds: []*cluster.CircuitBreakers_Thresholds{{
+						Priority: core.RoutingPriority_DEFAULT, MaxConnections: wrapperspb.UInt32(uint32(cc.MaxConnections))}}}
+				}
+			}
+			out[xds.ClusterType] = append(out[xds.ClusterType], cl)
 			cla := &endpoint.ClusterLoadAssignment{ClusterName: name}
 			for j, e := range eps[name] {
 				cla.Endpoints = append(cla.Endpoints, &endpoint.LocalityLbEndpoints{Locality: epLoc[name][j], LbEndpoints: []*endpoint.LbEndpoint{e}})
@@ -312,16 +322,49 @@ func translateEnvoy(c *Config, ix *services) map[string][]types.Resource {
 			StatPrefix:     h.Name,
 			RouteSpecifier: &hcm.HttpConnectionManager_Rds{Rds: &hcm.Rds{RouteConfigName: h.Name, ConfigSource: ads}},
 		}
-		out[xds.ListenerType] = append(out[xds.ListenerType], &listener.Listener{
+		hl := &listener.Listener{
 			Name:         rc.Name,
 			Address:      sockAddr(netip.MustParseAddr(h.Address).Unmap().String(), h.Port),
 			FilterChains: []*listener.FilterChain{{Filters: []*listener.Filter{filter("envoy.filters.network.http_connection_manager", mgr)}}},
-		})
+		}
+		// Non-HTTP first bytes: the explicit tcp backend, or the service
+		// whose VIP:port this is (a default filter chain with tcp_proxy).
+		if tcp := httpTCPRoute(c, ix, h); tcp != "" {
+			tp := &tcpproxy.TcpProxy{StatPrefix: tcp, ClusterSpecifier: &tcpproxy.TcpProxy_Cluster{Cluster: tcp}}
+			hl.DefaultFilterChain = &listener.FilterChain{Filters: []*listener.Filter{filter("envoy.filters.network.tcp_proxy", tp)}}
+		}
+		out[xds.ListenerType] = append(out[xds.ListenerType], hl)
 	}
 	for t := range out {
 		sort.Slice(out[t], func(i, j int) bool { return resName(out[t][i]) < resName(out[t][j]) })
 	}
 	return out
+}
+
+// httpTCPRoute is the cluster for non-HTTP traffic on an http[] listener: its
+// tcp backend, else the service owning its VIP:port, else none.
+func httpTCPRoute(c *Config, ix *services, h HTTPListenerConfig) string {
+	if b := h.TCP; b != nil {
+		key, _, _ := ix.resolve(b.Service, "default")
+		port := b.Port
+		if port == 0 {
+			port = h.Port
+		}
+		return ClusterName(hostOf(key), port)
+	}
+	ip := netip.MustParseAddr(h.Address).Unmap()
+	for i := range c.Services {
+		s := &c.Services[i]
+		if !hasPort(s, h.Port) {
+			continue
+		}
+		for _, v := range s.VIPs {
+			if netip.MustParseAddr(v).Unmap() == ip {
+				return ClusterName(hostOf(ServiceKey(s)), h.Port)
+			}
+		}
+	}
+	return ""
 }
 
 func tcpListener(name, ip string, port int, clusterName string) *listener.Listener {

@@ -12,7 +12,10 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kmesh-go/kmesh/pkg/bpf"
+	"github.com/kmesh-go/kmesh/pkg/compile"
 	"github.com/kmesh-go/kmesh/pkg/dataplane"
+	"github.com/kmesh-go/kmesh/pkg/kmod"
+	"github.com/kmesh-go/kmesh/pkg/l7"
 	"github.com/kmesh-go/kmesh/pkg/probe"
 	"github.com/kmesh-go/kmesh/pkg/version"
 )
@@ -23,15 +26,14 @@ const (
 	ModeKernelNative = "kernel-native"
 )
 
-// ErrKernelNativeUnavailable is returned for --mode=kernel-native until the
-// kernel-module work lands.
-var ErrKernelNativeUnavailable = errors.New("kernel-native mode needs kmesh.ko; delivered by the kernel-module work " +
-	"(issues #5 and #6). Use --mode=dual-engine on this build")
-
 // Options is kmeshd's configuration. The zero value runs dual-engine mode
 // with default paths; Source must be set.
 type Options struct {
 	Mode string // ModeDualEngine (default) or ModeKernelNative
+
+	// KmodPath is the kmesh.ko loaded when kernel-native mode finds the
+	// module absent (--kmod-path); empty: the module must be loaded already.
+	KmodPath string
 
 	BPFFS   string // bpffs mount, default /sys/fs/bpf
 	PinDir  string // pin directory, relative to BPFFS or absolute; default "kmesh"
@@ -90,9 +92,7 @@ func Run(ctx context.Context, opts Options) error {
 	opts.defaults()
 	log := opts.Logger
 	switch opts.Mode {
-	case ModeDualEngine:
-	case ModeKernelNative:
-		return ErrKernelNativeUnavailable
+	case ModeDualEngine, ModeKernelNative:
 	default:
 		return fmt.Errorf("unknown mode %q (dual-engine or kernel-native)", opts.Mode)
 	}
@@ -103,6 +103,20 @@ func Run(ctx context.Context, opts Options) error {
 		return err
 	}
 	log.Info("kmeshd starting", "version", version.Get().String(), "mode", opts.Mode)
+	var kc *kmod.Conn
+	if opts.Mode == ModeKernelNative {
+		// Never a silent fallback to dual-engine: a kernel or module that
+		// cannot do kernel-native mode stops kmeshd with the reason.
+		var err error
+		if kc, err = kmod.Ensure(kmod.Options{ModulePath: opts.KmodPath}); err != nil {
+			return err
+		}
+		defer kc.Close()
+		if info, err := kc.Hello(); err == nil {
+			log.Info("kmesh.ko ready", "module_version", info.ModuleVersion, "abi", info.ABIVersion,
+				"safe_mode", info.SafeMode, "max_deferred", info.MaxDeferred)
+		}
+	}
 
 	if _, err := probe.Cgroup2Mount(opts.Cgroup2); err != nil {
 		return err
@@ -146,18 +160,33 @@ func Run(ctx context.Context, opts Options) error {
 	if opts.Observability.Logging != nil {
 		obsLog = opts.Observability.Logging.Logger("telemetry")
 	}
+	if opts.Mode == ModeKernelNative && opts.Observability.Module == nil && kc != nil {
+		opts.Observability.Module = moduleCounters(kc)
+	}
 	obs, err := startObservability(ctx, opts.Observability, dp, opts.Mode, obsLog)
 	if err != nil {
 		return err
 	}
 	defer obs.stop()
+	// The source drives the dataplane through the tracker, which mirrors what
+	// is applied for the config dump, readiness and telemetry labels.
+	var api dataplane.API = obs.tracker
+	if opts.Mode == ModeKernelNative {
+		eng, err := l7.Open(l7.Options{Dataplane: dp, StateDir: opts.StateDir, Logger: log})
+		if err != nil {
+			return fmt.Errorf("kernel-native: %w", err)
+		}
+		defer eng.Close()
+		// Routing comes from Envoy config (the engine is the compile.L7Sink);
+		// the Workload API, through the tracker, only enrols local workloads.
+		obs.tracker.api = eng
+		api = kernelNativeAPI{API: obs.tracker, L7Sink: eng}
+	}
 	if opts.OnReady != nil {
 		opts.OnReady(dp)
 	}
 
-	// The source drives the dataplane through the tracker, which mirrors what
-	// is applied for the config dump, readiness and telemetry labels.
-	err = opts.Source.Run(ctx, obs.tracker)
+	err = opts.Source.Run(ctx, api)
 	if ctx.Err() != nil {
 		log.Info("kmeshd stopping; the pinned dataplane keeps serving")
 		return nil
@@ -176,6 +205,12 @@ func Run(ctx context.Context, opts Options) error {
 // removes every pinned link, program and map, and deletes its state files.
 func Uninstall(opts Options) error {
 	opts.defaults()
+	if pinDir, _, err := opts.bpfOptions().Paths(); err == nil {
+		// Kernel-native programs first: the router holds kmesh.ko.
+		if err := l7.Uninstall(pinDir); err != nil {
+			return err
+		}
+	}
 	if err := bpf.Uninstall(opts.bpfOptions()); err != nil {
 		return err
 	}
@@ -204,4 +239,24 @@ func lockStateDir(dir string) (func(), error) {
 		return nil, fmt.Errorf("another kmeshd is running with state dir %s (%w)", dir, err)
 	}
 	return func() { f.Close() }, nil
+}
+
+// kernelNativeAPI is what the source drives in kernel-native mode: the
+// Workload API (enrolment) and the Envoy config (compile.L7Sink).
+type kernelNativeAPI struct {
+	dataplane.API
+	compile.L7Sink
+}
+
+// moduleCounters reads kmesh.ko's counters for the metrics endpoint.
+func moduleCounters(kc *kmod.Conn) func() (map[string]uint64, error) {
+	return func() (map[string]uint64, error) {
+		s, err := kc.Stats()
+		if err != nil {
+			return nil, err
+		}
+		return map[string]uint64{"parsed": s.Parsed, "parse_errors": s.ParseErrors, "deferred": s.Deferred,
+			"decisions": s.Decisions, "redirects": s.Redirects, "no_route": s.NoRoute, "fallbacks": s.Fallbacks,
+			"refused": s.Refused, "live": s.Live}, nil
+	}
 }

@@ -13,17 +13,34 @@ import (
 
 	"github.com/kmesh-go/kmesh/pkg/bpf/bpftest"
 	"github.com/kmesh-go/kmesh/pkg/dataplane"
+	"github.com/kmesh-go/kmesh/pkg/kmod"
 	"github.com/kmesh-go/kmesh/pkg/model"
 	"github.com/kmesh-go/kmesh/pkg/testutil"
 )
 
 func TestMain(m *testing.M) { testutil.HelperMain(m) }
 
-func TestKernelNativeRefused(t *testing.T) {
-	err := Run(context.Background(), Options{Mode: ModeKernelNative, Source: SourceFunc(func(context.Context, dataplane.API) error { return nil })})
-	if !errors.Is(err, ErrKernelNativeUnavailable) {
-		t.Fatalf("kernel-native: %v", err)
+// Kernel-native mode never falls back to dual-engine: without a usable
+// kmesh.ko the daemon stops with the reason (*kmod.Error) before touching the
+// dataplane. The host has no module support at all; the guests of the VM tier
+// have no module loaded and no --kmod-path here (6.12) or are too old (6.1).
+// The refusals with the real kmeshd binary are in pkg/l7 and the kmodold suite.
+func TestKernelNativeRefusedWithoutModule(t *testing.T) {
+	if kmod.Loaded() {
+		t.Fatal("kmesh.ko is loaded; this test needs a kernel without it")
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	err := Run(ctx, Options{Mode: ModeKernelNative, StateDir: t.TempDir(),
+		Source: SourceFunc(func(context.Context, dataplane.API) error { return nil })})
+	var kerr *kmod.Error
+	if !errors.As(err, &kerr) {
+		t.Fatalf("kernel-native without kmesh.ko: %v, want a *kmod.Error", err)
+	}
+	if _, serr := os.Stat("/proc/modules"); serr != nil && !errors.Is(err, kmod.ErrNoModuleSupport) {
+		t.Fatalf("no module support: %v", err)
+	}
+	t.Logf("refused: %v", err)
 }
 
 func TestLoadModelFileRejectsUnknownFields(t *testing.T) {

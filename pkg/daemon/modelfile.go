@@ -12,6 +12,7 @@ import (
 
 	"sigs.k8s.io/yaml"
 
+	"github.com/kmesh-go/kmesh/pkg/compile"
 	"github.com/kmesh-go/kmesh/pkg/dataplane"
 	"github.com/kmesh-go/kmesh/pkg/model"
 )
@@ -85,6 +86,12 @@ func (m ModelFile) Run(ctx context.Context, dp dataplane.API) error {
 		}
 		if err := dp.Apply(ctx, s); err != nil {
 			return fmt.Errorf("%s rejected: %w", m.Path, err)
+		}
+		// Kernel-native mode: the dataplane also takes the L7 part.
+		if l7, ok := dp.(compile.L7Sink); ok && (len(s.Listeners) > 0 || len(s.Clusters) > 0 || len(s.RouteConfigs) > 0) {
+			if err := l7.ApplyL7(ctx, s); err != nil {
+				return fmt.Errorf("%s rejected: %w", m.Path, err)
+			}
 		}
 		log.Info("model applied", "file", m.Path, "version", s.Version, "services", len(s.Services),
 			"workloads", len(s.Workloads), "took", time.Since(start).Round(time.Millisecond))

@@ -20,6 +20,9 @@ import (
 // are all-or-nothing, so a failed call leaves the mirror as it was.
 type tracker struct {
 	dp *dataplane.Dataplane
+	// api receives the calls: dp, or in kernel-native mode the engine
+	// (pkg/l7), which takes only the enrolment of local workloads.
+	api dataplane.API
 
 	mu        sync.RWMutex
 	node      model.Node
@@ -33,7 +36,7 @@ type tracker struct {
 }
 
 func newTracker(dp *dataplane.Dataplane) *tracker {
-	return &tracker{dp: dp, services: map[string]model.Service{}, workloads: map[string]model.Workload{},
+	return &tracker{dp: dp, api: dp, services: map[string]model.Service{}, workloads: map[string]model.Workload{},
 		byAddr: map[netip.Addr]string{}}
 }
 
@@ -49,7 +52,7 @@ func (t *tracker) done(err error) error {
 }
 
 func (t *tracker) Apply(ctx context.Context, s *model.Snapshot) error {
-	if err := t.done(t.dp.Apply(ctx, s)); err != nil {
+	if err := t.done(t.api.Apply(ctx, s)); err != nil {
 		return err
 	}
 	t.mu.Lock()
@@ -69,7 +72,7 @@ func (t *tracker) Apply(ctx context.Context, s *model.Snapshot) error {
 }
 
 func (t *tracker) UpsertService(ctx context.Context, svc model.Service) error {
-	if err := t.done(t.dp.UpsertService(ctx, svc)); err != nil {
+	if err := t.done(t.api.UpsertService(ctx, svc)); err != nil {
 		return err
 	}
 	t.mu.Lock()
@@ -79,7 +82,7 @@ func (t *tracker) UpsertService(ctx context.Context, svc model.Service) error {
 }
 
 func (t *tracker) DeleteService(ctx context.Context, key string) error {
-	if err := t.done(t.dp.DeleteService(ctx, key)); err != nil {
+	if err := t.done(t.api.DeleteService(ctx, key)); err != nil {
 		return err
 	}
 	t.mu.Lock()
@@ -89,7 +92,7 @@ func (t *tracker) DeleteService(ctx context.Context, key string) error {
 }
 
 func (t *tracker) UpsertWorkload(ctx context.Context, wl model.Workload) error {
-	if err := t.done(t.dp.UpsertWorkload(ctx, wl)); err != nil {
+	if err := t.done(t.api.UpsertWorkload(ctx, wl)); err != nil {
 		return err
 	}
 	t.mu.Lock()
@@ -100,7 +103,7 @@ func (t *tracker) UpsertWorkload(ctx context.Context, wl model.Workload) error {
 }
 
 func (t *tracker) DeleteWorkload(ctx context.Context, uid string) error {
-	if err := t.done(t.dp.DeleteWorkload(ctx, uid)); err != nil {
+	if err := t.done(t.api.DeleteWorkload(ctx, uid)); err != nil {
 		return err
 	}
 	t.mu.Lock()
@@ -110,7 +113,7 @@ func (t *tracker) DeleteWorkload(ctx context.Context, uid string) error {
 }
 
 func (t *tracker) SetNode(ctx context.Context, n model.Node) error {
-	if err := t.done(t.dp.SetNode(ctx, n)); err != nil {
+	if err := t.done(t.api.SetNode(ctx, n)); err != nil {
 		return err
 	}
 	t.mu.Lock()

@@ -661,3 +661,14 @@ func countSlots(c [bpf.Families][bpf.MaxTiers]uint32) int {
 	}
 	return n
 }
+
+// ServiceID returns the map id of a service key (kernel-native clusters are
+// VIP-less services the route program selects endpoints of by id).
+func (d *Dataplane) ServiceID(key string) (uint32, bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if _, ok := d.svcs[key]; !ok {
+		return 0, false
+	}
+	return d.svcIDs.lookup(key)
+}

@@ -5,7 +5,7 @@ package kmod
 
 // ABIVersion is the module ABI this package (and the BPF objects built from
 // bpf/) speaks. Ensure refuses a module of another version.
-const ABIVersion = 2
+const ABIVersion = 3
 
 // HTTP parser limits.
 const (

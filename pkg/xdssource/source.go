@@ -138,7 +138,22 @@ func (s *Source) Run(ctx context.Context, dp dataplane.API) error {
 	go func() {
 		defer wg.Done()
 		if s.opts.Mode == ModeKernelNative {
-			s.Envoy = compile.NewEnvoyState(s.opts.L7, s.opts.Logger)
+			sink := s.opts.L7
+			l7dp, isL7 := dp.(compile.L7Sink)
+			if sink == nil && isL7 {
+				sink = l7dp
+			}
+			s.Envoy = compile.NewEnvoyState(sink, s.opts.Logger)
+			if isL7 {
+				// A kernel-native dataplane (pkg/l7) routes by Envoy config
+				// and takes which local processes are meshed (workload
+				// enrolment) and the node's locality from the Workload API,
+				// as in dual-engine mode: a second stream, as ztunnel.
+				if err := s.runEnrolment(ctx, &wg, addr, dp, errc); err != nil {
+					errc <- err
+					return
+				}
+			}
 			close(s.ready)
 			errc <- c.RunSotW(ctx, s.Envoy)
 			return
@@ -157,4 +172,23 @@ func (s *Source) Run(ctx context.Context, dp dataplane.API) error {
 	case <-ctx.Done():
 		return nil
 	}
+}
+
+// runEnrolment starts the Workload API stream of kernel-native mode.
+func (s *Source) runEnrolment(ctx context.Context, wg *sync.WaitGroup, addr string, dp dataplane.API, errc chan<- error) error {
+	c, err := xds.New(xds.Options{Address: addr, CAFile: s.opts.XDSCA, TokenFile: s.opts.XDSToken, ClusterID: s.opts.Identity.ClusterID,
+		Node: s.opts.Identity.ZtunnelNode(), Logger: s.opts.Logger, Hooks: s.opts.Hooks})
+	if err != nil {
+		return err
+	}
+	s.Workloads = compile.NewWorkloadState(dp, compile.WorkloadOptions{NodeName: s.opts.Identity.NodeName,
+		Logger: s.opts.Logger, OnApplied: s.opts.OnApplied})
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := c.RunDelta(ctx, s.Workloads); err != nil {
+			errc <- err
+		}
+	}()
+	return nil
 }

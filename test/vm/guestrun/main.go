@@ -1,5 +1,5 @@
 // Command guestrun runs inside the VM tier's guest, started by /init. It runs
-// each test binary listed in /suite/manifest, streams its output to the serial
+// each test binary (and "exec" program) listed in /suite/manifest, streams its output to the serial
 // console, and prints machine-readable result markers that test/vm/vmtest
 // parses on the host:
 //
@@ -37,6 +37,10 @@ func main() {
 	}
 	for _, line := range strings.Split(string(manifest), "\n") {
 		f := strings.Fields(line)
+		if len(f) >= 3 && f[0] == "exec" {
+			runProgram(f[1], f[2], f[3:])
+			continue
+		}
 		if len(f) < 2 {
 			continue
 		}
@@ -94,6 +98,26 @@ func runBinary(name, bin string, args []string) {
 		failed = 1
 	}
 	fmt.Printf("KMESH-VM-END %s passed=%d failed=%d skipped=%d exit=%d\n", name, passed, failed, skipped, code)
+}
+
+// runProgram runs a program that is not a test binary (a demo, a benchmark):
+// its output streams to the console and it passes when it exits 0.
+func runProgram(name, bin string, args []string) {
+	fmt.Printf("KMESH-VM-BEGIN %s\n", name)
+	ctx, cancel := context.WithTimeout(context.Background(), perBinaryTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, args...)
+	cmd.Dir = "/tmp"
+	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stdout
+	passed, failed, code := 1, 0, 0
+	if err := cmd.Run(); err != nil {
+		passed, failed, code = 0, 1, 1
+		if ee, ok := err.(*exec.ExitError); ok {
+			code = ee.ExitCode()
+		}
+		fmt.Printf("guestrun: %s: %v\n", name, err)
+	}
+	fmt.Printf("KMESH-VM-END %s passed=%d failed=%d skipped=0 exit=%d\n", name, passed, failed, code)
 }
 
 func checkKernelLog() {

@@ -86,6 +86,9 @@ type plan struct {
 	modules []string
 	bins    []string
 	kmod    bool
+	gobins  []string     // Go main packages built statically into /usr/local/bin
+	files   [][2]string  // host path, guest path
+	execs   []testBinary // programs run in the guest (pass = exit 0)
 }
 
 type testBinary struct {
@@ -139,6 +142,21 @@ func readPlan(path string, suites []string) (plan, error) {
 			p.bins = append(p.bins, args...)
 		case "kmod":
 			p.kmod = true
+		case "gobin":
+			if len(args) != 1 {
+				return p, fmt.Errorf("%s:%d: gobin needs one package", path, n)
+			}
+			p.gobins = append(p.gobins, args[0])
+		case "file":
+			if len(args) != 2 || !filepath.IsAbs(args[1]) {
+				return p, fmt.Errorf("%s:%d: file needs a host path and an absolute guest path", path, n)
+			}
+			p.files = append(p.files, [2]string{args[0], args[1]})
+		case "exec":
+			if len(args) < 2 || !filepath.IsAbs(args[1]) {
+				return p, fmt.Errorf("%s:%d: exec needs a name and an absolute guest path", path, n)
+			}
+			p.execs = append(p.execs, testBinary{name: args[0], pkg: args[1], args: args[2:]})
 		default:
 			return p, fmt.Errorf("%s:%d: unknown directive %q", path, n, dir)
 		}
@@ -194,6 +212,20 @@ func run(o options) (result, error) {
 		}
 		fmt.Fprintf(&manifest, "%s /t/%s.test %s\n", tb.name, tb.name, strings.Join(args, " "))
 	}
+	for _, pkg := range p.gobins {
+		out := filepath.Join(root, "usr/local/bin", filepath.Base(pkg))
+		if err := goBuild(out, "build", pkg); err != nil {
+			return result{}, err
+		}
+	}
+	for _, f := range p.files {
+		if err := copyFile(f[0], filepath.Join(root, f[1]), 0o644); err != nil {
+			return result{}, err
+		}
+	}
+	for _, x := range p.execs {
+		fmt.Fprintf(&manifest, "exec %s %s %s\n", x.name, x.pkg, strings.Join(x.args, " "))
+	}
 	if err := os.WriteFile(filepath.Join(root, "suite", "manifest"), []byte(manifest.String()), 0o644); err != nil {
 		return result{}, err
 	}
@@ -216,7 +248,7 @@ func run(o options) (result, error) {
 	if err := packInitramfs(root, initrd); err != nil {
 		return result{}, err
 	}
-	fmt.Printf("vmtest: initramfs ready in %.1fs (%d test binaries)\n", time.Since(start).Seconds(), len(p.tests))
+	fmt.Printf("vmtest: initramfs ready in %.1fs (%d test binaries, %d programs)\n", time.Since(start).Seconds(), len(p.tests), len(p.execs))
 	if os.Getenv("CI") == "true" {
 		env = append(env, "CI=true")
 	}
@@ -474,7 +506,13 @@ func copyFile(src, dst string, mode os.FileMode) error {
 	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
 		return err
 	}
-	out, err := os.OpenFile(dst, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, mode)
+	// dst may be a busybox applet symlink (/usr/bin/wget -> /bin/busybox):
+	// replace the link, never write through it (it points at the host's
+	// /bin/busybox).
+	if err := os.Remove(dst); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	out, err := os.OpenFile(dst, os.O_CREATE|os.O_EXCL|os.O_WRONLY, mode)
 	if err != nil {
 		return err
 	}
