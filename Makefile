@@ -145,7 +145,7 @@ test-go:
 	$(GO) test -count=1 -json -timeout 20m ./... | $(GO) run ./test/tools/testreport | tee $(BUILD)/test-go.txt
 
 vmtest: kmod
-	$(VMTEST) -kver $(KVER_612) -suite kmod,ebpf
+	$(VMTEST) -kver $(KVER_612) -suite kmod,ebpf,kn
 	$(VMTEST) -kver $(KVER_61) -suite ebpf,kmodold
 
 # A few seconds of coverage-guided fuzzing per target (the seed corpora also run
@@ -162,8 +162,15 @@ fuzz-go-smoke:
 
 # --- demo and bench --------------------------------------------------------------
 
+# MODE=kernel-native runs the demo inside the Debian 6.12 VM with kmesh.ko (this
+# host cannot load modules) and streams its output here.
 demo: deps build
+ifeq ($(MODE),kernel-native)
+	$(MAKE) kmod
+	$(VMTEST) -kver $(KVER_612) -suite demo-kn
+else
 	$(GO) run ./test/e2e/demo $(if $(MODE),-mode $(MODE))
+endif
 
 # Full side-by-side run (manual; about an hour with the defaults): results, table and
 # plots in docs/bench/. Extra flags: make bench BENCH_FLAGS='-repeat 5 -note "..."'.

@@ -147,7 +147,7 @@ func TestBuiltinScenarios(t *testing.T) {
 			t.Errorf("scenario %s missing", n)
 		}
 	}
-	if err := (kernelNative{}).Available(nil); err == nil {
+	if err := newKernelNative().Available(nil); err == nil {
 		t.Error("kernel-native claims to be available on the host")
 	}
 }

@@ -2,7 +2,6 @@ package bench
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/netip"
 	"os/exec"
@@ -23,7 +22,7 @@ func Builtin() []Scenario {
 		&nodeProxy{},
 		&waypoint{},
 		newDualEngineWaypoint(), // after waypoint: it reuses that namespace (10.78.0.5)
-		kernelNative{},
+		newKernelNative(),
 	)
 	return s
 }
@@ -195,21 +194,3 @@ func (w *waypoint) Setup(ctx context.Context, e *Env) error {
 }
 
 func (w *waypoint) Target(load.Proto) Target { return Target{Addr: w.entry} }
-
-// kernelNative is the extension point for scenario 7 (L4 + L7 in the kernel
-// with kmesh.ko). The module cannot load on this host kernel (no
-// CONFIG_MODULES); the scenario runs only inside the Debian 6.12 VM, where it
-// is to be compared by ratio with direct and waypoint measured in the same VM
-// run. That VM mode is not built yet: see docs/bench.md, "kernel-native".
-type kernelNative struct{}
-
-func (kernelNative) Info() report.ScenarioInfo {
-	return report.ScenarioInfo{Name: report.KernelNative, Title: "kernel-native (kmesh.ko)", Protos: httpOnly,
-		Description: "client → server with HTTP routing in the kernel (kmesh.ko kfuncs + deferred connect); no proxy"}
-}
-
-var errKernelNativeVM = errors.New("needs kmesh.ko, which loads only in the 6.12 VM tier; the bench VM mode is not implemented yet (docs/bench.md, kernel-native)")
-
-func (kernelNative) Available(*Env) error              { return errKernelNativeVM }
-func (kernelNative) Setup(context.Context, *Env) error { return errKernelNativeVM }
-func (kernelNative) Target(load.Proto) Target          { return Target{} }

@@ -136,7 +136,9 @@ static __always_inline int kn_connect(struct bpf_sock_addr *ctx, const __u32 add
 	if (l->tcp_action)
 		cid = kn_action_cluster(gen, l->tcp_action, bpf_get_prandom_u32());
 	if (cid)
-		v = kn_cluster_pick(gen, cid, fam, &cl, &pick);
+		v = kn_cluster_pick(gen, cid, fam | (write_v6 ? KN_PICK_V4_OK : 0), &cl, &pick);
+	if (v == KN_PICK_V4)
+		v = KM_OK; /* pick.addr is v4-mapped: fine for a dual-stack socket */
 	if (!tcp_only) {
 		if (v != KM_OK)
 			return SOCK_ALLOW;

@@ -233,10 +233,12 @@ int BPF_PROG(kn_decide, struct kmesh_l7_ctx *lctx, struct kmesh_http_req *req)
 
 	cid = kn_action_cluster(gen, act, bpf_get_prandom_u32());
 	fam = conn->v4 ? KM_FAM_V4 : KM_FAM_V6;
-	v = cid ? kn_cluster_pick(gen, cid, fam, &cl, &pick) : -1;
+	v = cid ? kn_cluster_pick(gen, cid, fam | (lctx->family == AF_INET6 ? KN_PICK_V4_OK : 0), &cl, &pick) : -1;
 	if (v < 0)
 		return refuse(lctx, KN_STAT_NO_CLUSTER, ECONNREFUSED);
-	if (v != KM_OK)
+	if (v == KN_PICK_V4)
+		fam = KM_FAM_V4;
+	else if (v != KM_OK)
 		return refuse(lctx, KN_STAT_NO_ENDPOINT, ECONNREFUSED);
 
 	/* Circuit breaker: take a slot, or give it back and refuse. */
@@ -254,9 +256,14 @@ int BPF_PROG(kn_decide, struct kmesh_l7_ctx *lctx, struct kmesh_http_req *req)
 	conn->flags |= KN_CONN_ROUTED;
 
 	if (fam == KM_FAM_V4)
-		bpf_kmesh_l7_set_dest(lctx, &pick.addr[3], 4, pick.port);
+		v = bpf_kmesh_l7_set_dest(lctx, &pick.addr[3], 4, pick.port);
 	else
-		bpf_kmesh_l7_set_dest(lctx, pick.addr, 16, pick.port);
+		v = bpf_kmesh_l7_set_dest(lctx, pick.addr, 16, pick.port);
+	if (v) {
+		/* An IPv4 endpoint for an IPV6_V6ONLY socket. */
+		kn_conn_release(conn);
+		return refuse(lctx, KN_STAT_NO_ENDPOINT, ECONNREFUSED);
+	}
 	return KMESH_L7_REDIRECT;
 }
 

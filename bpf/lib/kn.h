@@ -340,12 +340,19 @@ static __always_inline __u32 kn_action_cluster(__u32 gen, __u32 act, __u32 rnd)
 	return 0;
 }
 
+#define KN_PICK_V4 3         /* kn_cluster_pick: an IPv4 endpoint for an IPv6 socket (v4-mapped) */
+#define KN_PICK_V4_OK (1u << 8) /* kn_cluster_pick flag: an IPv4 endpoint may serve an IPv6 socket */
+
 /* Picks an endpoint of cluster cid (generation gen) with the L4 selection
- * code. Returns KM_OK, KM_REFUSE (no usable endpoint) or -1 (no such
- * cluster). A global function: the verifier checks the selection code once,
- * not once per call site and caller state. */
-__noinline int kn_cluster_pick(__u32 gen, __u32 cid, __u32 fam, struct kn_cluster *out, struct km_pick *pick)
+ * code. Returns KM_OK, KN_PICK_V4 (fam is IPv6, the cluster has no usable
+ * IPv6 endpoint and KN_PICK_V4_OK: an IPv4 one, for a dual-stack socket, as a proxy
+ * would connect to it), KM_REFUSE (no usable endpoint) or -1 (no such
+ * cluster). fam_flags: the family, | KN_PICK_V4_OK. A global function: the
+ * verifier checks the selection code once, not once per call site and caller
+ * state (and BPF calls take at most five arguments). */
+__noinline int kn_cluster_pick(__u32 gen, __u32 cid, __u32 fam_flags, struct kn_cluster *out, struct km_pick *pick)
 {
+	__u32 fam = fam_flags & 0xff;
 	struct kn_key key = { .gen = gen, .id = cid };
 	struct kn_cluster *c;
 	int v;
@@ -357,7 +364,12 @@ __noinline int kn_cluster_pick(__u32 gen, __u32 cid, __u32 fam, struct kn_cluste
 		return -1;
 	__builtin_memcpy(out, c, sizeof(*out));
 	v = km_lb_pick(out->svc_id, out->lb_port, fam, bpf_get_prandom_u32(), pick);
-	return v == KM_OK ? KM_OK : KM_REFUSE;
+	if (v == KM_OK)
+		return KM_OK;
+	if (fam == KM_FAM_V6 && (fam_flags & KN_PICK_V4_OK) &&
+	    km_lb_pick(out->svc_id, out->lb_port, KM_FAM_V4, bpf_get_prandom_u32(), pick) == KM_OK)
+		return KN_PICK_V4;
+	return KM_REFUSE;
 }
 
 /* Gives back a connection's circuit-breaker slot, once (sockops at close and

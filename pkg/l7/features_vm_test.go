@@ -12,6 +12,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -69,7 +70,7 @@ func netstat(t *testing.T, h interface{ Do(func() error) error }, proto, field s
 	t.Helper()
 	var v uint64
 	err := h.Do(func() error {
-		b, err := os.ReadFile("/proc/net/snmp")
+		b, err := os.ReadFile("/proc/thread-self/net/snmp")
 		if err != nil {
 			return err
 		}
@@ -99,7 +100,7 @@ func listeners(t *testing.T, h interface{ Do(func() error) error }) []string {
 	t.Helper()
 	var out []string
 	err := h.Do(func() error {
-		for _, f := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
+		for _, f := range []string{"/proc/thread-self/net/tcp", "/proc/thread-self/net/tcp6"} {
 			b, err := os.ReadFile(f)
 			if err != nil {
 				return err
@@ -135,7 +136,11 @@ func TestNoProxyOnThePath(t *testing.T) {
 		t.Fatalf("sockets listen in the client namespace: %v", l)
 	}
 	for _, h := range e.be {
-		for _, p := range listeners(t, h.NS) {
+		l := listeners(t, h.NS)
+		if !slices.Contains(l, strconv.Itoa(httpPort)) {
+			t.Fatalf("%s: its own HTTP listener is not visible (%v): the check would see nothing", h.Name, l)
+		}
+		for _, p := range l {
 			if p != strconv.Itoa(httpPort) && p != strconv.Itoa(echoPort) {
 				t.Fatalf("%s listens on unexpected port %s", h.Name, p)
 			}
@@ -272,7 +277,7 @@ func TestBadConfigKeepsServing(t *testing.T) {
 // concurrent connection fails at its first send with EBUSY, and succeeds once
 // one of the two closes. A TCP-only listener refuses at connect() itself.
 func TestCircuitBreaking(t *testing.T) {
-	e := newKnEnv(t, 1)
+	e := newKnEnv(t, 2)
 	s := e.splitSnapshot(1, 0)
 	s.Clusters = []model.Cluster{e.cluster("c-be1", httpPort, 0), e.cluster("c-be2", httpPort, 0)}
 	s.Clusters[0].MaxConnections = 2

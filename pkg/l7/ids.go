@@ -8,7 +8,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"sort"
 )
 
 // clusterIDs hands out the stable ids that index kn_cl_active (live
@@ -132,13 +131,4 @@ func (s *clusterIDs) save() error {
 		return err
 	}
 	return os.Rename(tmp, s.path)
-}
-
-func (s *clusterIDs) names() []string {
-	out := make([]string, 0, len(s.byName))
-	for n := range s.byName {
-		out = append(out, n)
-	}
-	sort.Strings(out)
-	return out
 }

@@ -57,6 +57,9 @@ func run() int {
 		reqTimeout = flag.Duration("request-timeout", 5*time.Second, "per-request timeout")
 		maxSamples = flag.Int("max-samples", 4_000_000, "latency samples kept per run; a run above it fails")
 		notes      listFlag
+		vm         = flag.Bool("vm", false, "run inside the Debian 6.12 VM with kmesh.ko (kernel-native, scenario 7); results rendered into -out")
+		vmKver     = flag.String("vm-kver", "", "with -vm: guest kernel ABI (default: KVER_612 from make deps)")
+		emit       = flag.Bool("emit-json", false, "print results.json on stdout between markers (used by -vm inside the guest)")
 	)
 	flag.Var(&notes, "note", "a note recorded with the results (repeatable), e.g. \"shared 2-vCPU VM\"")
 	flag.Parse()
@@ -72,6 +75,9 @@ func run() int {
 	if err := os.RemoveAll(filepath.Join(*out, "logs")); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		return 1
+	}
+	if *vm {
+		return runVM(os.Args[1:], *out, *vmKver)
 	}
 	if *render != "" {
 		rep, err := report.ReadJSON(*render)
@@ -154,6 +160,12 @@ func run() int {
 	code := 0
 	if rep != nil {
 		code = write(rep, *out, runErr)
+		if *emit {
+			if err := emitJSON(*out); err != nil {
+				fmt.Fprintln(os.Stderr, "bench: -emit-json:", err)
+				code = 1
+			}
+		}
 	}
 	if runErr != nil {
 		fmt.Fprintln(os.Stderr, "bench:", runErr)

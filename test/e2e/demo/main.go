@@ -1,6 +1,7 @@
 // Command demo is `sudo make demo`: it builds a small network-namespace
 // topology, starts kmeshd on the embedded control plane with
-// deploy/standalone/demo.yaml, sends traffic from the client namespace to the
+// deploy/standalone/demo.yaml (demo-kn.yaml with -mode kernel-native, which
+// `make demo MODE=kernel-native` runs inside the Debian 6.12 VM with kmesh.ko), sends traffic from the client namespace to the
 // service VIP (which is routed nowhere: only kmesh's connect-time rewrite makes
 // it reachable), prints per-backend counts and latency, edits the config live
 // (a weight change, then a bad edit that is rejected) and shows the effect,
@@ -30,6 +31,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/kmesh-go/kmesh/pkg/kmod"
 	"github.com/kmesh-go/kmesh/pkg/probe"
 )
 
@@ -41,6 +43,9 @@ const (
 	subnet   = "10.78.0.%d/24"
 )
 
+// kmodPath is kmeshd's --kmod-path in kernel-native mode.
+var kmodPath string
+
 var backends = []struct{ ns, ip, name string }{
 	{"kmdemo-be1", "10.78.0.2", "echo-v1"},
 	{"kmdemo-be2", "10.78.0.3", "echo-v2"},
@@ -51,11 +56,18 @@ func main() {
 		clientMain(os.Args[2:])
 		return
 	}
-	mode := flag.String("mode", "dual-engine", "dual-engine (kernel-native needs kmesh.ko: issue #6)")
+	mode := flag.String("mode", "dual-engine", "dual-engine, or kernel-native (needs kmesh.ko: make demo MODE=kernel-native runs it in the 6.12 VM)")
 	kmeshd := flag.String("kmeshd", ".build/kmeshd", "kmeshd binary (make demo builds it)")
-	config := flag.String("config", "deploy/standalone/demo.yaml", "demo config (copied; the copy is edited)")
+	config := flag.String("config", "", "demo config (copied; the copy is edited); default deploy/standalone/demo.yaml, demo-kn.yaml for kernel-native")
+	flag.StringVar(&kmodPath, "kmod-path", os.Getenv("KMESH_KMOD_PATH"), "kernel-native: kmesh.ko for kmeshd --kmod-path")
 	requests := flag.Int("n", 200, "requests per phase")
 	flag.Parse()
+	if *config == "" {
+		*config = "deploy/standalone/demo.yaml"
+		if *mode == "kernel-native" {
+			*config = "deploy/standalone/demo-kn.yaml"
+		}
+	}
 	if err := run(*mode, *kmeshd, *config, *requests); err != nil {
 		fmt.Fprintln(os.Stderr, "demo:", err)
 		os.Exit(1)
@@ -89,8 +101,8 @@ func run(mode, kmeshd, config string, n int) error {
 	if os.Geteuid() != 0 {
 		return errors.New("needs root (sudo make demo)")
 	}
-	if mode != "dual-engine" {
-		return fmt.Errorf("mode %q: the demo runs dual-engine; kernel-native needs kmesh.ko and in-kernel routes (issue #6)", mode)
+	if mode != "dual-engine" && mode != "kernel-native" {
+		return fmt.Errorf("mode %q: dual-engine or kernel-native", mode)
 	}
 	if _, err := os.Stat(kmeshd); err != nil {
 		return fmt.Errorf("%s: %w (run make build)", kmeshd, err)
@@ -158,6 +170,9 @@ func run(mode, kmeshd, config string, n int) error {
 	pinDir := fmt.Sprintf("kmesh-demo-%d", os.Getpid())
 	args := []string{"--config", cfg, "--xds-listen", "127.0.0.1:0", "--cgroup", "kmesh-demo",
 		"--pin-dir", pinDir, "--state-dir", filepath.Join(tmp, "state")}
+	if mode == "kernel-native" {
+		args = append(args, "--mode=kernel-native", "--kmod-path", kmodPath, "--admin-address", "off", "--metrics-address", "off")
+	}
 	logf, err := os.Create(logPath)
 	if err != nil {
 		return err
@@ -207,6 +222,9 @@ func run(mode, kmeshd, config string, n int) error {
 		time.Sleep(200 * time.Millisecond)
 	}
 
+	if mode == "kernel-native" {
+		return kernelNativePhases(ctx, cg, cfg, string(orig), logPath, n)
+	}
 	step("phase 1: %d requests from %s to http://%s/ (weights echo-v1=1 echo-v2=1)", n, nsClient, vip)
 	if err := phase(ctx, cg, n); err != nil {
 		return err
@@ -441,6 +459,17 @@ type result struct {
 // the demo cgroup (clone3 CLONE_INTO_CGROUP on `ip netns exec`, inherited by
 // the exec'd client).
 func clientRun(ctx context.Context, cg string, n int) result {
+	return clientRunReq(ctx, cg, n, request{})
+}
+
+// request says what the client sends (kernel-native phases route on it).
+type request struct {
+	Host, Path string
+	Header     map[string]string
+	KeepAlive  bool // all n requests on one connection
+}
+
+func clientRunReq(ctx context.Context, cg string, n int, rq request) result {
 	self, _ := os.Executable()
 	cgfd, err := unix.Open(cg, unix.O_DIRECTORY|unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
@@ -449,7 +478,8 @@ func clientRun(ctx context.Context, cg string, n int) result {
 	defer unix.Close(cgfd)
 	cctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(cctx, "ip", "netns", "exec", nsClient, self, "client", vip, fmt.Sprint(n))
+	rqj, _ := json.Marshal(rq)
+	cmd := exec.CommandContext(cctx, "ip", "netns", "exec", nsClient, self, "client", vip, fmt.Sprint(n), string(rqj))
 	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: cgfd}
 	out, err := cmd.Output()
 	var r result
@@ -467,12 +497,26 @@ func clientRun(ctx context.Context, cg string, n int) result {
 func clientMain(args []string) {
 	addr, n := args[0], 0
 	fmt.Sscan(args[1], &n)
+	var rq request
+	if len(args) > 2 {
+		json.Unmarshal([]byte(args[2]), &rq)
+	}
+	if rq.Path == "" {
+		rq.Path = "/"
+	}
 	r := result{Counts: map[string]int{}}
 	var lat []time.Duration
-	hc := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: !rq.KeepAlive, MaxIdleConnsPerHost: 1}}
 	for i := 0; i < n; i++ {
 		start := time.Now()
-		resp, err := hc.Get("http://" + addr + "/")
+		req, _ := http.NewRequest("GET", "http://"+addr+rq.Path, nil)
+		if rq.Host != "" {
+			req.Host = rq.Host
+		}
+		for k, v := range rq.Header {
+			req.Header.Set(k, v)
+		}
+		resp, err := hc.Do(req)
 		if err == nil {
 			var b []byte
 			b, err = io.ReadAll(resp.Body)
@@ -496,4 +540,92 @@ func clientMain(args []string) {
 		r.P50, r.P90, r.P99 = pct(0.50), pct(0.90), pct(0.99)
 	}
 	json.NewEncoder(os.Stdout).Encode(r)
+}
+
+// ---- kernel-native -----------------------------------------------------------
+
+// kernelNativePhases shows in-kernel HTTP routing: by Host, header and path,
+// a weighted split decided per connection, a live route edit, a rejected
+// edit, and kmesh.ko's counters (every connection deferred and redirected in
+// the kernel: no proxy on the path).
+func kernelNativePhases(ctx context.Context, cg, cfg, orig, logPath string, n int) error {
+	table := func(what string, rq request, count int) error {
+		r := clientRunReq(ctx, cg, count, rq)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		var parts []string
+		names := make([]string, 0, len(r.Counts))
+		for k := range r.Counts {
+			names = append(names, k)
+		}
+		sort.Strings(names)
+		for _, k := range names {
+			parts = append(parts, fmt.Sprintf("%s %d (%.0f%%)", k, r.Counts[k], 100*float64(r.Counts[k])/float64(count)))
+		}
+		fmt.Printf("    %-44s -> %s   p50 %v\n", what, strings.Join(parts, ", "), r.P50)
+		if r.Errors > 0 {
+			return fmt.Errorf("%s: %d of %d requests failed (first: %s)", what, r.Errors, count, r.FirstError)
+		}
+		return nil
+	}
+	step("phase 1: in-kernel routing of http://%s (each request a new connection)", vip)
+	for _, c := range []struct {
+		what string
+		rq   request
+	}{
+		{"GET / (default route)", request{}},
+		{"GET / Host: v2.demo (virtual host)", request{Host: "v2.demo"}},
+		{"GET / Host: canary.v2.demo (*.v2.demo)", request{Host: "canary.v2.demo"}},
+		{"GET / x-version: v2 (header match)", request{Header: map[string]string{"x-version": "v2"}}},
+	} {
+		if err := table(c.what, c.rq, n/4); err != nil {
+			return err
+		}
+	}
+	step("phase 2: /api/ is split 90/10 between echo-v1 and echo-v2, decided per connection")
+	if err := table("GET /api/items, new connection each", request{Path: "/api/items"}, n); err != nil {
+		return err
+	}
+	if err := table("GET /api/items, one keep-alive connection", request{Path: "/api/items", KeepAlive: true}, n/4); err != nil {
+		return err
+	}
+	fmt.Println("    (a keep-alive connection keeps the backend its first request chose)")
+
+	step("live edit: /api/ weights 90/10 -> 10/90")
+	edited := strings.Replace(orig, "weight: 90}, {service: demo/echo-v2, weight: 10}", "weight: 10}, {service: demo/echo-v2, weight: 90}", 1)
+	if edited == orig {
+		return errors.New("demo-kn.yaml does not have the expected /api/ split")
+	}
+	if err := replaceFile(cfg, edited); err != nil {
+		return err
+	}
+	waitLog(logPath, "kernel-native config applied", 10*time.Second)
+	if err := table("GET /api/items, new connection each", request{Path: "/api/items"}, n); err != nil {
+		return err
+	}
+
+	step("bad edit: a route prefix without its leading /")
+	if err := replaceFile(cfg, strings.Replace(edited, "prefix: /api/", "prefix: api/", 1)); err != nil {
+		return err
+	}
+	if line := waitLog(logPath, "config rejected", 10*time.Second); line != "" {
+		fmt.Println("    kmeshd:", line)
+	}
+	fmt.Println("    the last good config keeps serving:")
+	if err := table("GET /api/items, new connection each", request{Path: "/api/items"}, n/2); err != nil {
+		return err
+	}
+
+	step("no proxy on the path: kmesh.ko's counters")
+	if c, err := kmod.Dial(); err == nil {
+		if s, err := c.Stats(); err == nil {
+			fmt.Printf("    connects deferred %d, routing decisions %d, redirected to a backend %d, HTTP heads parsed %d\n",
+				s.Deferred, s.Decisions, s.Redirects, s.Parsed)
+		}
+		c.Close()
+	}
+	fmt.Println("    every connection went from the client's socket straight to the backend; the kernel chose it")
+	step("cleaning up (kmeshd stopped and uninstalled, namespaces and cgroup removed)")
+	return nil
 }

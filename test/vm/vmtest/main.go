@@ -36,6 +36,8 @@ type options struct {
 	smp     int
 	kmod    string
 	run     string
+	// execArgs are appended to every exec program's arguments.
+	execArgs string
 }
 
 func main() {
@@ -50,6 +52,7 @@ func main() {
 	flag.IntVar(&o.smp, "smp", 2, "guest vCPUs")
 	flag.StringVar(&o.kmod, "kmod", "kmod/kmesh.ko", "kernel module for suites that use it")
 	flag.StringVar(&o.run, "run", "", "pass -test.run=<regexp> to every guest test binary")
+	flag.StringVar(&o.execArgs, "exec-args", "", "extra arguments (space-separated) for every exec program of the suites")
 	flag.Parse()
 	o.suites = strings.Split(suites, ",")
 	if o.kver == "" {
@@ -224,7 +227,7 @@ func run(o options) (result, error) {
 		}
 	}
 	for _, x := range p.execs {
-		fmt.Fprintf(&manifest, "exec %s %s %s\n", x.name, x.pkg, strings.Join(x.args, " "))
+		fmt.Fprintf(&manifest, "exec %s %s %s %s\n", x.name, x.pkg, strings.Join(x.args, " "), o.execArgs)
 	}
 	if err := os.WriteFile(filepath.Join(root, "suite", "manifest"), []byte(manifest.String()), 0o644); err != nil {
 		return result{}, err
