@@ -1,14 +1,18 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /* Kernel-native mode, cgroup/connect4|6: a connect() by an enrolled process to
- * an L7 listener (kn_listener) is deferred by kmesh.ko to its first send,
+ * an L7 listener (kn_listeners) is deferred by kmesh.ko to its first send,
  * where kn_route.c picks the backend from the request. The socket cookie is
- * the deferral tag, and kn_conn[cookie] remembers the listener dialed.
+ * the deferral tag, and kn_conns[cookie] remembers the listener dialed.
  *
  * The destination is also pointed at the listener's TCP route (a backend of
  * its cluster), which is where the connection goes if no routing decision is
  * ever made: the module refuses to defer (safe mode, capacity), the client
  * reads before it writes (server-speaks-first), or the module is unloaded.
  * The application still sees the VIP it dialed (km_sock + getpeername).
+ *
+ * A listener without HTTP routes (Envoy tcp_proxy only) is not deferred: the
+ * connect is decided here, like an L4 service, with the cluster's circuit
+ * breaker (EBUSY) and connect timeout (kn_sockops.c).
  *
  * Needs kmesh.ko (kfuncs): loaded only in kernel-native mode, next to the L4
  * programs of sock_connect.c, which never see a listener VIP (listener VIPs

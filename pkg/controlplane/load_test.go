@@ -8,7 +8,7 @@ import (
 )
 
 func TestShippedConfigsLoad(t *testing.T) {
-	for _, f := range []string{"../../deploy/standalone/mesh.yaml", "../../deploy/standalone/demo.yaml"} {
+	for _, f := range []string{"../../deploy/standalone/mesh.yaml", "../../deploy/standalone/demo.yaml", "../../deploy/standalone/demo-kn.yaml"} {
 		if _, err := os.Stat(f); errors.Is(err, os.ErrNotExist) {
 			t.Fatalf("%s is missing", f)
 		}
@@ -104,6 +104,38 @@ http:
           - match: {prefix: /}
             to: [{service: a, port: 81}]
 `, []string{"mesh.yaml:15:", "http[0].virtualHosts[0].routes[0].to[0].port", "no port 81"}},
+		{"bad connect timeout", `
+services:
+  - name: a
+    vips: [10.0.0.1]
+    ports: [{port: 80}]
+    cluster: {connectTimeout: soon}
+`, []string{"mesh.yaml:6:", "services[0].cluster.connectTimeout", `"soon" is not a duration`}},
+		{"negative max connections", `
+services:
+  - name: a
+    vips: [10.0.0.1]
+    ports: [{port: 80}]
+    cluster:
+      maxConnections: -1
+`, []string{"mesh.yaml:7:", "services[0].cluster.maxConnections"}},
+		{"tcp backend without the port", `
+services:
+  - name: a
+    vips: [10.0.0.1]
+    ports: [{port: 80}]
+http:
+  - name: h
+    address: 10.0.0.9
+    port: 80
+    tcp: {service: a, port: 81}
+    virtualHosts:
+      - name: v
+        domains: ["*"]
+        routes:
+          - match: {prefix: /}
+            to: [{service: a}]
+`, []string{"mesh.yaml:10:", "http[0].tcp.port", "no port 81"}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -86,6 +86,13 @@ func Open(opts Options) (*Engine, error) {
 		return nil, err
 	}
 	e := &Engine{dp: opts.Dataplane, l4: l4, obj: obj, ids: ids, log: opts.Logger, enrol: map[string]model.Workload{}}
+	// What the previous daemon applied: the first updates of this one then
+	// change only what changed, instead of removing clusters and enrolment
+	// that the sources have not delivered yet.
+	e.clusters, e.node = ids.applied.Clusters, ids.applied.Node
+	for uid, w := range ids.applied.Enrol {
+		e.enrol[uid] = w
+	}
 	if err := obj.maps[MapActive].Lookup(uint32(0), &e.gen); err != nil {
 		obj.close()
 		return nil, fmt.Errorf("reading %s: %w", MapActive, err)
@@ -188,9 +195,7 @@ func (e *Engine) ApplyL7(ctx context.Context, s *model.Snapshot) error {
 		e.log.Warn("removing the services of deleted clusters", "err", err)
 	}
 	e.ids.retain(keep)
-	if err := e.ids.save(); err != nil {
-		e.log.Warn("saving cluster ids", "err", err)
-	}
+	e.saveState()
 	if !e.attached {
 		if err := e.obj.attach(); err != nil {
 			return fmt.Errorf("attaching the kernel-native programs: %w", err)
@@ -452,7 +457,16 @@ func (e *Engine) updateEnrolment(ctx context.Context, change func()) error {
 		e.enrol, e.node = prev, prevNode
 		return err
 	}
+	e.saveState()
 	return nil
+}
+
+// saveState persists the cluster ids and what is applied (under e.mu).
+func (e *Engine) saveState() {
+	e.ids.applied = applied{Clusters: e.clusters, Enrol: e.enrol, Node: e.node}
+	if err := e.ids.save(); err != nil {
+		e.log.Warn("saving kernel-native state", "err", err)
+	}
 }
 
 // enrolOnly keeps what kernel-native mode uses of a local workload: who it

@@ -8,6 +8,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+
+	"github.com/kmesh-go/kmesh/pkg/model"
 )
 
 // clusterIDs hands out the stable ids that index kn_cl_active (live
@@ -19,6 +21,16 @@ type clusterIDs struct {
 	path   string
 	byName map[string]uint32
 	byID   map[uint32]string
+	// applied is what the engine last applied, so a restarted daemon
+	// converges from it without removing live state before its sources
+	// have synced (the L4 objects of the clusters, the enrolment).
+	applied applied
+}
+
+type applied struct {
+	Clusters []model.Cluster           `json:"clusters,omitempty"`
+	Enrol    map[string]model.Workload `json:"enrolment,omitempty"`
+	Node     model.Node                `json:"node"`
 }
 
 const idsFile = "l7.json"
@@ -26,6 +38,7 @@ const idsFile = "l7.json"
 type idsState struct {
 	Format   int               `json:"format"`
 	Clusters map[string]uint32 `json:"clusters"`
+	Applied  applied           `json:"applied"`
 }
 
 func loadClusterIDs(dir string) (*clusterIDs, error) {
@@ -55,6 +68,7 @@ func loadClusterIDs(dir string) (*clusterIDs, error) {
 		ids.byName[name] = id
 		ids.byID[id] = name
 	}
+	ids.applied = st.Applied
 	return ids, nil
 }
 
@@ -118,7 +132,7 @@ func (s *clusterIDs) save() error {
 	if s.path == "" {
 		return nil
 	}
-	st := idsState{Format: 1, Clusters: s.byName}
+	st := idsState{Format: 1, Clusters: s.byName, Applied: s.applied}
 	b, err := json.Marshal(st)
 	if err != nil {
 		return err

@@ -8,6 +8,7 @@
 package kernelnative
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"fmt"
@@ -18,6 +19,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -124,15 +126,7 @@ func startKmeshd(t *testing.T, args ...string) *kmeshd {
 	pin := filepath.Join(probe.DefaultBPFFS, testutil.UniqueName("kn-e2e-"))
 	k := &kmeshd{t: t, log: &syncBuf{}, done: make(chan error, 1),
 		common: []string{"--pin-dir", pin, "--state-dir", filepath.Join(t.TempDir(), "state")}}
-	full := append([]string{"--mode=kernel-native", "--kmod-path", os.Getenv("KMESH_KMOD_PATH"),
-		"--admin-address", "off", "--metrics-address", "off", "--report-interval", "0"}, k.common...)
-	full = append(full, args...)
-	k.cmd = exec.Command(kmeshdBin, full...)
-	k.cmd.Stdout, k.cmd.Stderr = k.log, k.log
-	if err := k.cmd.Start(); err != nil {
-		t.Fatalf("starting kmeshd: %v", err)
-	}
-	go func() { k.done <- k.cmd.Wait() }()
+	k.start(args...)
 	t.Cleanup(func() {
 		k.stop()
 		out, err := exec.Command(kmeshdBin, append([]string{"uninstall"}, k.common...)...).CombinedOutput()
@@ -147,6 +141,21 @@ func startKmeshd(t *testing.T, args ...string) *kmeshd {
 		}
 	})
 	return k
+}
+
+// start (re)starts the daemon on the same pin and state directories.
+func (k *kmeshd) start(args ...string) {
+	k.t.Helper()
+	full := append([]string{"--mode=kernel-native", "--kmod-path", os.Getenv("KMESH_KMOD_PATH"),
+		"--admin-address", "off", "--metrics-address", "off", "--report-interval", "0"}, k.common...)
+	full = append(full, args...)
+	k.cmd = exec.Command(kmeshdBin, full...)
+	k.cmd.Stdout, k.cmd.Stderr = k.log, k.log
+	if err := k.cmd.Start(); err != nil {
+		k.t.Fatalf("starting kmeshd: %v", err)
+	}
+	k.done = make(chan error, 1)
+	go func() { k.done <- k.cmd.Wait() }()
 }
 
 func (k *kmeshd) stop() {
@@ -242,6 +251,45 @@ func TestKmeshdEmbeddedControlPlane(t *testing.T) {
 	k.done <- nil
 	e.expect(t, "be2", web)
 	e.expect(t, "be1", "-H", "Host: v1.example", web)
+
+	// Restart on the same pins: a keep-alive connection opened before keeps
+	// working, the new daemon adopts the tables and swaps its programs in
+	// (the router through the module's atomic update), new connections are
+	// routed throughout.
+	var ka net.Conn
+	if err := e.client.NS.Do(func() (err error) { ka, err = net.DialTimeout("tcp", "10.96.1.10:80", 10*time.Second); return err }); err != nil {
+		t.Fatal(err)
+	}
+	defer ka.Close()
+	ka.SetDeadline(time.Now().Add(2 * time.Minute))
+	kaGet := func() string {
+		t.Helper()
+		if _, err := io.WriteString(ka, "GET / HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.ReadResponse(bufioReader(ka), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return strings.TrimSpace(string(b))
+	}
+	if got := kaGet(); got != "be2" {
+		t.Fatalf("keep-alive connection before the restart: %q", got)
+	}
+	k.start("--config", file, "--xds-listen", "127.0.0.1:0")
+	waitFor(t, "the restarted kmeshd to apply the config", k, func() bool {
+		return strings.Count(k.log.String(), "kernel-native programs attached") >= 2
+	})
+	e.expect(t, "be2", web)
+	e.expect(t, "be1", "-H", "Host: v1.example", web)
+	if got := kaGet(); got != "be2" {
+		t.Fatalf("keep-alive connection across the restart: %q", got)
+	}
+	if !regexp.MustCompile(`kernel-native programs loaded adopted_maps=[1-9][0-9]* generation=[1-9]`).MatchString(k.log.String()) {
+		t.Errorf("the restarted daemon did not adopt the pinned tables:\n%s", k.log.String())
+	}
 }
 
 // TestKmeshdExternalADS: the same routing from an external ADS server
@@ -300,6 +348,13 @@ func TestKmeshdRefusesWithoutModule(t *testing.T) {
 	t.Logf("exit %d: %s", ee.ExitCode(), bytes.TrimSpace(out))
 }
 
+var bufReaders sync.Map // net.Conn -> *bufio.Reader
+
+func bufioReader(c net.Conn) *bufio.Reader {
+	r, _ := bufReaders.LoadOrStore(c, bufio.NewReader(c))
+	return r.(*bufio.Reader)
+}
+
 func errorsAs(err error, target **exec.ExitError) bool {
 	e, ok := err.(*exec.ExitError)
 	if ok {
@@ -308,4 +363,3 @@ func errorsAs(err error, target **exec.ExitError) bool {
 	return ok
 }
 
-var _ = net.Dial
