@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"reflect"
 	"slices"
 	"sync"
 	"time"
@@ -142,6 +143,12 @@ func (e *Engine) ApplyL7(ctx context.Context, s *model.Snapshot) error {
 	defer e.mu.Unlock()
 	if e.obj == nil {
 		return errors.New("l7: engine is closed")
+	}
+	if e.attached && reflect.DeepEqual(t, e.tables) {
+		// xDS delivers a change type by type; most responses leave the
+		// lowered tables as they are.
+		e.log.Debug("kernel-native config unchanged", "version", s.Version)
+		return nil
 	}
 	start := time.Now()
 	names := make([]string, 0, len(t.Clusters))

@@ -278,6 +278,10 @@ func TestKmeshdEmbeddedControlPlane(t *testing.T) {
 	if got := kaGet(); got != "be2" {
 		t.Fatalf("keep-alive connection before the restart: %q", got)
 	}
+	// (A file that does not load stops kmeshd at start: put the good one back.)
+	if err := os.WriteFile(file, []byte(e.meshYAML("v2")), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	k.start("--config", file, "--xds-listen", "127.0.0.1:0")
 	waitFor(t, "the restarted kmeshd to apply the config", k, func() bool {
 		return strings.Count(k.log.String(), "kernel-native programs attached") >= 2
