@@ -165,7 +165,7 @@ static __always_inline int kn_connect(struct bpf_sock_addr *ctx, const __u32 add
 	if (c) {
 		c->cid = cid;
 		c->timeout_ms = cl.timeout_ms;
-		c->backend_id = pick.backend_id;
+		c->workload_id = pick.workload_id;
 		c->flags |= KN_CONN_ROUTED;
 	} else {
 		/* Untracked (kn_conns full): the slot could never be given back. */

@@ -252,7 +252,7 @@ int BPF_PROG(kn_decide, struct kmesh_l7_ctx *lctx, struct kmesh_http_req *req)
 		conn->cid = cid;
 	}
 	conn->timeout_ms = cl.timeout_ms;
-	conn->backend_id = pick.backend_id;
+	conn->workload_id = pick.workload_id;
 	conn->flags |= KN_CONN_ROUTED;
 
 	if (fam == KM_FAM_V4)

@@ -172,7 +172,7 @@ struct kn_conn {
 	__u8 flags;    /* KN_CONN_* */
 	__u32 cid;     /* cluster holding a circuit-breaker slot; 0 = none */
 	__u32 timeout_ms;
-	__u32 backend_id; /* chosen backend (diagnostics) */
+	__u32 workload_id; /* chosen endpoint's workload (diagnostics) */
 	__u64 start_ns;
 };
 

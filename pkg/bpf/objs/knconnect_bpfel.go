@@ -17,7 +17,6 @@ import (
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	KnConnectMapKmAccelRx          = "km_accel_rx"
-	KnConnectMapKmBackend          = "km_backend"
 	KnConnectMapKmConfig           = "km_config"
 	KnConnectMapKmEndpoint         = "km_endpoint"
 	KnConnectMapKmEnrolCg          = "km_enrol_cg"
@@ -101,7 +100,6 @@ type KnConnectProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type KnConnectMapSpecs struct {
 	KmAccelRx   *ebpf.MapSpec `ebpf:"km_accel_rx"`
-	KmBackend   *ebpf.MapSpec `ebpf:"km_backend"`
 	KmConfig    *ebpf.MapSpec `ebpf:"km_config"`
 	KmEndpoint  *ebpf.MapSpec `ebpf:"km_endpoint"`
 	KmEnrolCg   *ebpf.MapSpec `ebpf:"km_enrol_cg"`
@@ -159,7 +157,6 @@ func (o *KnConnectObjects) Close() error {
 // It can be passed to LoadKnConnectObjects or ebpf.CollectionSpec.LoadAndAssign.
 type KnConnectMaps struct {
 	KmAccelRx   *ebpf.Map `ebpf:"km_accel_rx"`
-	KmBackend   *ebpf.Map `ebpf:"km_backend"`
 	KmConfig    *ebpf.Map `ebpf:"km_config"`
 	KmEndpoint  *ebpf.Map `ebpf:"km_endpoint"`
 	KmEnrolCg   *ebpf.Map `ebpf:"km_enrol_cg"`
@@ -191,7 +188,6 @@ type KnConnectMaps struct {
 func (m *KnConnectMaps) Close() error {
 	return _KnConnectClose(
 		m.KmAccelRx,
-		m.KmBackend,
 		m.KmConfig,
 		m.KmEndpoint,
 		m.KmEnrolCg,

@@ -17,7 +17,6 @@ import (
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	KnReleaseMapKmAccelRx          = "km_accel_rx"
-	KnReleaseMapKmBackend          = "km_backend"
 	KnReleaseMapKmConfig           = "km_config"
 	KnReleaseMapKmEndpoint         = "km_endpoint"
 	KnReleaseMapKmEnrolCg          = "km_enrol_cg"
@@ -99,7 +98,6 @@ type KnReleaseProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type KnReleaseMapSpecs struct {
 	KmAccelRx   *ebpf.MapSpec `ebpf:"km_accel_rx"`
-	KmBackend   *ebpf.MapSpec `ebpf:"km_backend"`
 	KmConfig    *ebpf.MapSpec `ebpf:"km_config"`
 	KmEndpoint  *ebpf.MapSpec `ebpf:"km_endpoint"`
 	KmEnrolCg   *ebpf.MapSpec `ebpf:"km_enrol_cg"`
@@ -157,7 +155,6 @@ func (o *KnReleaseObjects) Close() error {
 // It can be passed to LoadKnReleaseObjects or ebpf.CollectionSpec.LoadAndAssign.
 type KnReleaseMaps struct {
 	KmAccelRx   *ebpf.Map `ebpf:"km_accel_rx"`
-	KmBackend   *ebpf.Map `ebpf:"km_backend"`
 	KmConfig    *ebpf.Map `ebpf:"km_config"`
 	KmEndpoint  *ebpf.Map `ebpf:"km_endpoint"`
 	KmEnrolCg   *ebpf.Map `ebpf:"km_enrol_cg"`
@@ -189,7 +186,6 @@ type KnReleaseMaps struct {
 func (m *KnReleaseMaps) Close() error {
 	return _KnReleaseClose(
 		m.KmAccelRx,
-		m.KmBackend,
 		m.KmConfig,
 		m.KmEndpoint,
 		m.KmEnrolCg,

@@ -31,15 +31,15 @@ type KnRouteKnCluster struct {
 }
 
 type KnRouteKnConn struct {
-	_         structs.HostLayout
-	Addr      [4]uint32
-	Port      uint16
-	V4        uint8
-	Flags     uint8
-	Cid       uint32
-	TimeoutMs uint32
-	BackendId uint32
-	StartNs   uint64
+	_          structs.HostLayout
+	Addr       [4]uint32
+	Port       uint16
+	V4         uint8
+	Flags      uint8
+	Cid        uint32
+	TimeoutMs  uint32
+	WorkloadId uint32
+	StartNs    uint64
 }
 
 type KnRouteKnHdr struct {
@@ -127,7 +127,6 @@ type KnRouteKnWild struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	KnRouteMapKmAccelRx          = "km_accel_rx"
-	KnRouteMapKmBackend          = "km_backend"
 	KnRouteMapKmConfig           = "km_config"
 	KnRouteMapKmEndpoint         = "km_endpoint"
 	KnRouteMapKmEnrolCg          = "km_enrol_cg"
@@ -211,7 +210,6 @@ type KnRouteProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type KnRouteMapSpecs struct {
 	KmAccelRx   *ebpf.MapSpec `ebpf:"km_accel_rx"`
-	KmBackend   *ebpf.MapSpec `ebpf:"km_backend"`
 	KmConfig    *ebpf.MapSpec `ebpf:"km_config"`
 	KmEndpoint  *ebpf.MapSpec `ebpf:"km_endpoint"`
 	KmEnrolCg   *ebpf.MapSpec `ebpf:"km_enrol_cg"`
@@ -271,7 +269,6 @@ func (o *KnRouteObjects) Close() error {
 // It can be passed to LoadKnRouteObjects or ebpf.CollectionSpec.LoadAndAssign.
 type KnRouteMaps struct {
 	KmAccelRx   *ebpf.Map `ebpf:"km_accel_rx"`
-	KmBackend   *ebpf.Map `ebpf:"km_backend"`
 	KmConfig    *ebpf.Map `ebpf:"km_config"`
 	KmEndpoint  *ebpf.Map `ebpf:"km_endpoint"`
 	KmEnrolCg   *ebpf.Map `ebpf:"km_enrol_cg"`
@@ -305,7 +302,6 @@ type KnRouteMaps struct {
 func (m *KnRouteMaps) Close() error {
 	return _KnRouteClose(
 		m.KmAccelRx,
-		m.KmBackend,
 		m.KmConfig,
 		m.KmEndpoint,
 		m.KmEnrolCg,

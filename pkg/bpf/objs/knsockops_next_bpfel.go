@@ -17,7 +17,6 @@ import (
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	KnSockopsMapKmAccelRx          = "km_accel_rx"
-	KnSockopsMapKmBackend          = "km_backend"
 	KnSockopsMapKmConfig           = "km_config"
 	KnSockopsMapKmEndpoint         = "km_endpoint"
 	KnSockopsMapKmEnrolCg          = "km_enrol_cg"
@@ -99,7 +98,6 @@ type KnSockopsProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type KnSockopsMapSpecs struct {
 	KmAccelRx   *ebpf.MapSpec `ebpf:"km_accel_rx"`
-	KmBackend   *ebpf.MapSpec `ebpf:"km_backend"`
 	KmConfig    *ebpf.MapSpec `ebpf:"km_config"`
 	KmEndpoint  *ebpf.MapSpec `ebpf:"km_endpoint"`
 	KmEnrolCg   *ebpf.MapSpec `ebpf:"km_enrol_cg"`
@@ -157,7 +155,6 @@ func (o *KnSockopsObjects) Close() error {
 // It can be passed to LoadKnSockopsObjects or ebpf.CollectionSpec.LoadAndAssign.
 type KnSockopsMaps struct {
 	KmAccelRx   *ebpf.Map `ebpf:"km_accel_rx"`
-	KmBackend   *ebpf.Map `ebpf:"km_backend"`
 	KmConfig    *ebpf.Map `ebpf:"km_config"`
 	KmEndpoint  *ebpf.Map `ebpf:"km_endpoint"`
 	KmEnrolCg   *ebpf.Map `ebpf:"km_enrol_cg"`
@@ -189,7 +186,6 @@ type KnSockopsMaps struct {
 func (m *KnSockopsMaps) Close() error {
 	return _KnSockopsClose(
 		m.KmAccelRx,
-		m.KmBackend,
 		m.KmConfig,
 		m.KmEndpoint,
 		m.KmEnrolCg,
