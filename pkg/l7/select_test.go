@@ -126,7 +126,9 @@ const (
 
 func TestClusterSelectionOverL4Maps(t *testing.T) {
 	s := newKnSelector(t)
-	ep := func(a string, w uint32) model.Endpoint { return model.Endpoint{Address: netip.MustParseAddrPort(a), Weight: w} }
+	ep := func(a string, w uint32) model.Endpoint {
+		return model.Endpoint{Address: netip.MustParseAddrPort(a), Weight: w}
+	}
 	weighted := model.Cluster{Name: "weighted", LB: model.LoadBalancing{Algorithm: model.LBWeighted}, Endpoints: []model.Endpoint{
 		ep("10.0.0.1:8080", 1), ep("10.0.0.1:9090", 3), ep("[fd00::1]:7070", 1)}}
 	v4only := model.Cluster{Name: "v4only", Endpoints: []model.Endpoint{ep("10.0.0.2:80", 1)}}

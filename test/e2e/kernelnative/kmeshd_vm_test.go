@@ -366,4 +366,3 @@ func errorsAs(err error, target **exec.ExitError) bool {
 	}
 	return ok
 }
-
