@@ -164,7 +164,11 @@ func (c *Client) sotwResponse(ctx context.Context, s discovery.AggregatedDiscove
 	cand[EndpointType] = keep(cand[EndpointType], edsNames)
 	cand[RouteType] = keep(cand[RouteType], rdsNames)
 
-	warm := hasAll(cand[EndpointType], edsNames) && hasAll(cand[RouteType], rdsNames)
+	// Complete means listeners too: a configuration applied after CDS/EDS but
+	// before the first LDS response would have no listeners, and would take
+	// down what a restarted daemon's dataplane is still serving.
+	ldsSeen := st.types[ListenerType].version != "" || typeURL == ListenerType
+	warm := ldsSeen && hasAll(cand[EndpointType], edsNames) && hasAll(cand[RouteType], rdsNames)
 	if warm {
 		cfg := &EnvoyConfig{
 			Clusters: typed[*cluster.Cluster](cand[ClusterType]), Endpoints: typed[*endpoint.ClusterLoadAssignment](cand[EndpointType]),

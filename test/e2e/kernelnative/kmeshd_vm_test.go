@@ -282,16 +282,44 @@ func TestKmeshdEmbeddedControlPlane(t *testing.T) {
 	if err := os.WriteFile(file, []byte(e.meshYAML("v2")), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	// New connections are routed all through the restart: a request every
+	// 50 ms, each on a new connection, none may fail.
+	stopLoop := make(chan struct{})
+	loopDone := make(chan [2]int)
+	go func() {
+		ok, failed := 0, 0
+		for {
+			select {
+			case <-stopLoop:
+				loopDone <- [2]int{ok, failed}
+				return
+			case <-time.After(50 * time.Millisecond):
+			}
+			if got, err := e.get("10.96.1.10:80"); err == nil && got == "be2" {
+				ok++
+			} else {
+				failed++
+				t.Logf("request during the restart: %q %v", got, err)
+			}
+		}
+	}()
 	k.start("--config", file, "--xds-listen", "127.0.0.1:0")
 	waitFor(t, "the restarted kmeshd to apply the config", k, func() bool {
 		return strings.Count(k.log.String(), "kernel-native programs attached") >= 2
 	})
+	time.Sleep(2 * time.Second)
+	close(stopLoop)
+	counts := <-loopDone
+	if counts[1] != 0 || counts[0] == 0 {
+		t.Errorf("during the restart %d requests succeeded and %d failed; want none failed", counts[0], counts[1])
+	}
+	t.Logf("restart: %d requests on new connections, none failed", counts[0])
 	e.expect(t, "be2", web)
 	e.expect(t, "be1", "-H", "Host: v1.example", web)
 	if got := kaGet(); got != "be2" {
 		t.Fatalf("keep-alive connection across the restart: %q", got)
 	}
-	if !regexp.MustCompile(`kernel-native programs loaded adopted_maps=[1-9][0-9]* generation=[1-9]`).MatchString(k.log.String()) {
+	if !regexp.MustCompile(`kernel-native programs loaded".* adopted_maps=[1-9][0-9]* generation=[1-9]`).MatchString(k.log.String()) {
 		t.Errorf("the restarted daemon did not adopt the pinned tables:\n%s", k.log.String())
 	}
 }
@@ -357,6 +385,26 @@ var bufReaders sync.Map // net.Conn -> *bufio.Reader
 func bufioReader(c net.Conn) *bufio.Reader {
 	r, _ := bufReaders.LoadOrStore(c, bufio.NewReader(c))
 	return r.(*bufio.Reader)
+}
+
+// get makes one request on a new connection from the client namespace.
+func (e *topo) get(addr string) (string, error) {
+	var c net.Conn
+	if err := e.client.NS.Do(func() (err error) { c, err = net.DialTimeout("tcp", addr, 5*time.Second); return err }); err != nil {
+		return "", err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"); err != nil {
+		return "", err
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return strings.TrimSpace(string(b)), err
 }
 
 func errorsAs(err error, target **exec.ExitError) bool {
