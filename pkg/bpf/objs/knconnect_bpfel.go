@@ -30,6 +30,7 @@ const (
 	KnConnectMapKmStats            = "km_stats"
 	KnConnectMapKmSvcActive        = "km_svc_active"
 	KnConnectMapKmSvcGen           = "km_svc_gen"
+	KnConnectMapKmWaypoint         = "km_waypoint"
 	KnConnectMapKnActions          = "kn_actions"
 	KnConnectMapKnActive           = "kn_active"
 	KnConnectMapKnClActive         = "kn_cl_active"
@@ -113,6 +114,7 @@ type KnConnectMapSpecs struct {
 	KmStats     *ebpf.MapSpec `ebpf:"km_stats"`
 	KmSvcActive *ebpf.MapSpec `ebpf:"km_svc_active"`
 	KmSvcGen    *ebpf.MapSpec `ebpf:"km_svc_gen"`
+	KmWaypoint  *ebpf.MapSpec `ebpf:"km_waypoint"`
 	KnActions   *ebpf.MapSpec `ebpf:"kn_actions"`
 	KnActive    *ebpf.MapSpec `ebpf:"kn_active"`
 	KnClActive  *ebpf.MapSpec `ebpf:"kn_cl_active"`
@@ -170,6 +172,7 @@ type KnConnectMaps struct {
 	KmStats     *ebpf.Map `ebpf:"km_stats"`
 	KmSvcActive *ebpf.Map `ebpf:"km_svc_active"`
 	KmSvcGen    *ebpf.Map `ebpf:"km_svc_gen"`
+	KmWaypoint  *ebpf.Map `ebpf:"km_waypoint"`
 	KnActions   *ebpf.Map `ebpf:"kn_actions"`
 	KnActive    *ebpf.Map `ebpf:"kn_active"`
 	KnClActive  *ebpf.Map `ebpf:"kn_cl_active"`
@@ -201,6 +204,7 @@ func (m *KnConnectMaps) Close() error {
 		m.KmStats,
 		m.KmSvcActive,
 		m.KmSvcGen,
+		m.KmWaypoint,
 		m.KnActions,
 		m.KnActive,
 		m.KnClActive,

@@ -30,6 +30,7 @@ const (
 	KnReleaseMapKmStats            = "km_stats"
 	KnReleaseMapKmSvcActive        = "km_svc_active"
 	KnReleaseMapKmSvcGen           = "km_svc_gen"
+	KnReleaseMapKmWaypoint         = "km_waypoint"
 	KnReleaseMapKnActions          = "kn_actions"
 	KnReleaseMapKnActive           = "kn_active"
 	KnReleaseMapKnClActive         = "kn_cl_active"
@@ -111,6 +112,7 @@ type KnReleaseMapSpecs struct {
 	KmStats     *ebpf.MapSpec `ebpf:"km_stats"`
 	KmSvcActive *ebpf.MapSpec `ebpf:"km_svc_active"`
 	KmSvcGen    *ebpf.MapSpec `ebpf:"km_svc_gen"`
+	KmWaypoint  *ebpf.MapSpec `ebpf:"km_waypoint"`
 	KnActions   *ebpf.MapSpec `ebpf:"kn_actions"`
 	KnActive    *ebpf.MapSpec `ebpf:"kn_active"`
 	KnClActive  *ebpf.MapSpec `ebpf:"kn_cl_active"`
@@ -168,6 +170,7 @@ type KnReleaseMaps struct {
 	KmStats     *ebpf.Map `ebpf:"km_stats"`
 	KmSvcActive *ebpf.Map `ebpf:"km_svc_active"`
 	KmSvcGen    *ebpf.Map `ebpf:"km_svc_gen"`
+	KmWaypoint  *ebpf.Map `ebpf:"km_waypoint"`
 	KnActions   *ebpf.Map `ebpf:"kn_actions"`
 	KnActive    *ebpf.Map `ebpf:"kn_active"`
 	KnClActive  *ebpf.Map `ebpf:"kn_cl_active"`
@@ -199,6 +202,7 @@ func (m *KnReleaseMaps) Close() error {
 		m.KmStats,
 		m.KmSvcActive,
 		m.KmSvcGen,
+		m.KmWaypoint,
 		m.KnActions,
 		m.KnActive,
 		m.KnClActive,

@@ -140,6 +140,7 @@ const (
 	KnRouteMapKmStats            = "km_stats"
 	KnRouteMapKmSvcActive        = "km_svc_active"
 	KnRouteMapKmSvcGen           = "km_svc_gen"
+	KnRouteMapKmWaypoint         = "km_waypoint"
 	KnRouteMapKnActions          = "kn_actions"
 	KnRouteMapKnActive           = "kn_active"
 	KnRouteMapKnClActive         = "kn_cl_active"
@@ -223,6 +224,7 @@ type KnRouteMapSpecs struct {
 	KmStats     *ebpf.MapSpec `ebpf:"km_stats"`
 	KmSvcActive *ebpf.MapSpec `ebpf:"km_svc_active"`
 	KmSvcGen    *ebpf.MapSpec `ebpf:"km_svc_gen"`
+	KmWaypoint  *ebpf.MapSpec `ebpf:"km_waypoint"`
 	KnActions   *ebpf.MapSpec `ebpf:"kn_actions"`
 	KnActive    *ebpf.MapSpec `ebpf:"kn_active"`
 	KnClActive  *ebpf.MapSpec `ebpf:"kn_cl_active"`
@@ -282,6 +284,7 @@ type KnRouteMaps struct {
 	KmStats     *ebpf.Map `ebpf:"km_stats"`
 	KmSvcActive *ebpf.Map `ebpf:"km_svc_active"`
 	KmSvcGen    *ebpf.Map `ebpf:"km_svc_gen"`
+	KmWaypoint  *ebpf.Map `ebpf:"km_waypoint"`
 	KnActions   *ebpf.Map `ebpf:"kn_actions"`
 	KnActive    *ebpf.Map `ebpf:"kn_active"`
 	KnClActive  *ebpf.Map `ebpf:"kn_cl_active"`
@@ -315,6 +318,7 @@ func (m *KnRouteMaps) Close() error {
 		m.KmStats,
 		m.KmSvcActive,
 		m.KmSvcGen,
+		m.KmWaypoint,
 		m.KnActions,
 		m.KnActive,
 		m.KnClActive,

@@ -45,6 +45,7 @@ const (
 	KnSelectMapKmStats            = "km_stats"
 	KnSelectMapKmSvcActive        = "km_svc_active"
 	KnSelectMapKmSvcGen           = "km_svc_gen"
+	KnSelectMapKmWaypoint         = "km_waypoint"
 	KnSelectMapKnActions          = "kn_actions"
 	KnSelectMapKnActive           = "kn_active"
 	KnSelectMapKnClActive         = "kn_cl_active"
@@ -126,6 +127,7 @@ type KnSelectMapSpecs struct {
 	KmStats     *ebpf.MapSpec `ebpf:"km_stats"`
 	KmSvcActive *ebpf.MapSpec `ebpf:"km_svc_active"`
 	KmSvcGen    *ebpf.MapSpec `ebpf:"km_svc_gen"`
+	KmWaypoint  *ebpf.MapSpec `ebpf:"km_waypoint"`
 	KnActions   *ebpf.MapSpec `ebpf:"kn_actions"`
 	KnActive    *ebpf.MapSpec `ebpf:"kn_active"`
 	KnClActive  *ebpf.MapSpec `ebpf:"kn_cl_active"`
@@ -183,6 +185,7 @@ type KnSelectMaps struct {
 	KmStats     *ebpf.Map `ebpf:"km_stats"`
 	KmSvcActive *ebpf.Map `ebpf:"km_svc_active"`
 	KmSvcGen    *ebpf.Map `ebpf:"km_svc_gen"`
+	KmWaypoint  *ebpf.Map `ebpf:"km_waypoint"`
 	KnActions   *ebpf.Map `ebpf:"kn_actions"`
 	KnActive    *ebpf.Map `ebpf:"kn_active"`
 	KnClActive  *ebpf.Map `ebpf:"kn_cl_active"`
@@ -214,6 +217,7 @@ func (m *KnSelectMaps) Close() error {
 		m.KmStats,
 		m.KmSvcActive,
 		m.KmSvcGen,
+		m.KmWaypoint,
 		m.KnActions,
 		m.KnActive,
 		m.KnClActive,

@@ -30,6 +30,7 @@ const (
 	KnSockopsMapKmStats            = "km_stats"
 	KnSockopsMapKmSvcActive        = "km_svc_active"
 	KnSockopsMapKmSvcGen           = "km_svc_gen"
+	KnSockopsMapKmWaypoint         = "km_waypoint"
 	KnSockopsMapKnActions          = "kn_actions"
 	KnSockopsMapKnActive           = "kn_active"
 	KnSockopsMapKnClActive         = "kn_cl_active"
@@ -111,6 +112,7 @@ type KnSockopsMapSpecs struct {
 	KmStats     *ebpf.MapSpec `ebpf:"km_stats"`
 	KmSvcActive *ebpf.MapSpec `ebpf:"km_svc_active"`
 	KmSvcGen    *ebpf.MapSpec `ebpf:"km_svc_gen"`
+	KmWaypoint  *ebpf.MapSpec `ebpf:"km_waypoint"`
 	KnActions   *ebpf.MapSpec `ebpf:"kn_actions"`
 	KnActive    *ebpf.MapSpec `ebpf:"kn_active"`
 	KnClActive  *ebpf.MapSpec `ebpf:"kn_cl_active"`
@@ -168,6 +170,7 @@ type KnSockopsMaps struct {
 	KmStats     *ebpf.Map `ebpf:"km_stats"`
 	KmSvcActive *ebpf.Map `ebpf:"km_svc_active"`
 	KmSvcGen    *ebpf.Map `ebpf:"km_svc_gen"`
+	KmWaypoint  *ebpf.Map `ebpf:"km_waypoint"`
 	KnActions   *ebpf.Map `ebpf:"kn_actions"`
 	KnActive    *ebpf.Map `ebpf:"kn_active"`
 	KnClActive  *ebpf.Map `ebpf:"kn_cl_active"`
@@ -199,6 +202,7 @@ func (m *KnSockopsMaps) Close() error {
 		m.KmStats,
 		m.KmSvcActive,
 		m.KmSvcGen,
+		m.KmWaypoint,
 		m.KnActions,
 		m.KnActive,
 		m.KnClActive,
