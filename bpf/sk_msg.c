@@ -91,7 +91,7 @@ int km_sk_msg(struct sk_msg_md *msg)
 		__sync_fetch_and_add(rx, size);
 
 	cfg = km_cfg();
-	if (!st || !cfg || !cfg->report_interval_ns || !(st->flags & KM_SK_TRACKED))
+	if (!st || !cfg || !cfg->report_interval_ns || (cfg->flags & KM_CFG_NO_EVENTS) || !(st->flags & KM_SK_TRACKED))
 		return SK_PASS;
 	now = bpf_ktime_get_ns();
 	if (now - st->last_report_ns < cfg->report_interval_ns)

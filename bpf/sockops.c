@@ -96,10 +96,14 @@ static __noinline void km_fill_event(struct km_conn_event *ev, struct bpf_sock_o
 	ev->flags = st->flags;
 }
 
-static __always_inline void km_emit(struct bpf_sock_ops *skops, struct km_sock_state *st, __u8 type, __u64 now)
+static __always_inline void km_emit(struct bpf_sock_ops *skops, struct km_sock_state *st, struct km_cfg *cfg,
+				    __u8 type, __u64 now)
 {
 	struct km_conn_event *ev;
 
+	/* Monitoring off: the telemetry path costs nothing, not even a reserve. */
+	if (cfg && (cfg->flags & KM_CFG_NO_EVENTS))
+		return;
 	ev = bpf_ringbuf_reserve(&km_events, sizeof(*ev), 0);
 	if (!ev) {
 		km_stat_inc(KM_STAT_EVENTS_DROPPED);
@@ -155,7 +159,7 @@ static __always_inline void km_established(struct bpf_sock_ops *skops, struct km
 		km_accel_insert(skops, st);
 	if ((st->flags & KM_SK_WP_HDR) && !(st->flags & KM_SK_ACCEL))
 		km_wp_insert(skops);
-	km_emit(skops, st, KM_EV_OPEN, now);
+	km_emit(skops, st, cfg, KM_EV_OPEN, now);
 }
 
 SEC("sockops")
@@ -276,7 +280,7 @@ int km_sockops(struct bpf_sock_ops *skops)
 		if (!st || !(st->flags & KM_SK_TRACKED))
 			return 1;
 		st->flags &= ~KM_SK_TRACKED; /* exactly one CLOSE per connection */
-		km_emit(skops, st, KM_EV_CLOSE, bpf_ktime_get_ns());
+		km_emit(skops, st, cfg, KM_EV_CLOSE, bpf_ktime_get_ns());
 		if (st->flags & KM_SK_ACCEL) {
 			struct km_sock_key key = {};
 
@@ -295,7 +299,7 @@ int km_sockops(struct bpf_sock_ops *skops)
 		if (now - st->last_report_ns < cfg->report_interval_ns)
 			return 1;
 		st->last_report_ns = now;
-		km_emit(skops, st, KM_EV_PERIODIC, now);
+		km_emit(skops, st, cfg, KM_EV_PERIODIC, now);
 		break;
 	}
 	return 1;

@@ -91,6 +91,7 @@ func startObservability(ctx context.Context, o ObservabilityOptions, dp *datapla
 	metrics := telemetry.NewTCPMetrics(reg, o.MaxSeries)
 	obs.pipeline = telemetry.NewPipeline(metrics, telemetry.NewAccessLog(out, o.AccessLog))
 	obs.pipeline.SetNames(obs.tracker)
+	obs.pipeline.Kernel = dp
 	reg.MustRegister(&telemetry.Internals{
 		Maps:     func() []telemetry.MapUsage { return mapUsage(dp) },
 		Programs: func() ([]telemetry.ProgramCost, error) { return programCosts(dp) },

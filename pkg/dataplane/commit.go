@@ -320,8 +320,34 @@ func (d *Dataplane) writeConfig() error {
 		cfg.Flags |= bpf.ConfigAccel
 	}
 	cfg.Flags |= d.wpConfigFlags()
+	if d.opts.NoEvents {
+		cfg.Flags |= bpf.ConfigNoEvents
+	}
 	if err := d.obj.Maps[bpf.MapConfig].Put(uint32(0), &cfg); err != nil {
 		return fmt.Errorf("writing %s: %w", bpf.MapConfig, err)
 	}
 	return nil
+}
+
+// SetEvents switches connection records (the ring buffer) on or off in the
+// kernel: with monitoring off the telemetry path costs nothing per
+// connection. A connection opened while records were off reports only its
+// close (with its whole byte counts) if records are back on by then.
+func (d *Dataplane) SetEvents(on bool) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	prev := d.opts.NoEvents
+	d.opts.NoEvents = !on
+	if err := d.writeConfig(); err != nil {
+		d.opts.NoEvents = prev
+		return err
+	}
+	return nil
+}
+
+// EventsEnabled reports whether connection records are on.
+func (d *Dataplane) EventsEnabled() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return !d.opts.NoEvents
 }

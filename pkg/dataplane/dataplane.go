@@ -37,6 +37,8 @@ type Options struct {
 	// ReportInterval makes sockops emit a PERIODIC record for connections
 	// open longer than this (0 = only OPEN and CLOSE).
 	ReportInterval time.Duration
+	// NoEvents starts with connection records off (SetEvents switches them).
+	NoEvents bool
 	// WaypointProtocol is the header written for waypoints: WaypointProxyV2
 	// (default) or WaypointKmeshTLV.
 	WaypointProtocol string

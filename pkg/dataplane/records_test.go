@@ -154,3 +154,85 @@ func types(evs []ConnEvent) []string {
 	}
 	return out
 }
+
+// TestEventsSwitch: with records switched off (monitoring off) the kernel
+// writes none, periodic ones included; switched back on, a new connection
+// is reported again from OPEN to CLOSE.
+func TestEventsSwitch(t *testing.T) {
+	e := newEnv(t, func(o *Options) { o.ReportInterval = 50 * time.Millisecond; o.NoEvents = true })
+	srv := e.attach.Child(t, "srv-")
+	vip := netip.MustParseAddr("10.96.0.31")
+	be := e.be[0]
+	e.apply(&model.Snapshot{
+		Services: []model.Service{{Key: "default/sw", VIPs: []netip.Addr{vip}, Ports: []model.ServicePort{{Port: 71, TargetPort: 7071}}}},
+		Workloads: []model.Workload{e.clientWorkload(), {UID: "uid-sw", Addresses: []netip.Addr{be.IP4}, Healthy: true,
+			Services: map[string][]model.WorkloadPort{"default/sw": nil}, Enrolment: &model.Enrolment{CgroupPath: srv.Path}}},
+	})
+	startServer(t, srv, be.NS, "[::]:7071", "sw", true)
+	rd, err := e.dp.Events()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rd.Close()
+	stream := func() streamResult {
+		var res streamResult
+		testutil.RunHelper(t, "stream", streamArgs{Addr: "10.96.0.31:71", Chunk: 1024, Duration: 200 * time.Millisecond},
+			testutil.HelperOptions{Netns: e.cl.NS, Cgroup: e.client}, &res)
+		if res.ID != "sw" || res.Sent == 0 {
+			t.Fatalf("stream: %+v", res)
+		}
+		return res
+	}
+	// Records collected until the deadline, or until both ends of the
+	// connection from local (when given) have reported their CLOSE.
+	collect := func(d time.Duration, local netip.AddrPort) []ConnEvent {
+		var out []ConnEvent
+		closes := 0
+		deadline := time.Now().Add(d)
+		for {
+			rd.SetDeadline(deadline)
+			ev, err := rd.Read()
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				return out
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			out = append(out, ev)
+			if local.IsValid() && (ev.Local == local || ev.Remote == local) && ev.Type == EventClose {
+				if closes++; closes == 2 {
+					return out
+				}
+			}
+		}
+	}
+
+	if e.dp.EventsEnabled() {
+		t.Fatal("Options.NoEvents: records reported as on")
+	}
+	stream()
+	if evs := collect(time.Second, netip.AddrPort{}); len(evs) != 0 {
+		t.Fatalf("records off, but the kernel wrote %d records: %v", len(evs), types(evs))
+	}
+	if err := e.dp.SetEvents(true); err != nil {
+		t.Fatal(err)
+	}
+	res := stream()
+	local := netip.MustParseAddrPort(res.Local)
+	var mine []ConnEvent
+	for _, ev := range collect(10*time.Second, local) {
+		if ev.Local == local {
+			mine = append(mine, ev)
+		}
+	}
+	if len(mine) < 2 || mine[0].Type != EventOpen || !hasClose(mine) {
+		t.Fatalf("records on: client records %v, want OPEN ... CLOSE", types(mine))
+	}
+	if err := e.dp.SetEvents(false); err != nil {
+		t.Fatal(err)
+	}
+	stream()
+	if evs := collect(time.Second, netip.AddrPort{}); len(evs) != 0 {
+		t.Fatalf("records off again, but the kernel wrote %d records: %v", len(evs), types(evs))
+	}
+}

@@ -3,6 +3,7 @@ package telemetry
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"net/netip"
 	"strings"
 	"testing"
@@ -137,5 +138,39 @@ func TestPipelineMonitoringSwitchAndAccessLog(t *testing.T) {
 	}
 	if n, _ := testutil.GatherAndCount(reg, "istio_tcp_connections_opened_total"); n != 1 {
 		t.Fatalf("series = %d", n)
+	}
+}
+
+type fakeSwitch struct {
+	calls []bool
+	err   error
+}
+
+func (f *fakeSwitch) SetEvents(on bool) error {
+	f.calls = append(f.calls, on)
+	return f.err
+}
+
+// The monitoring switch turns the kernel's records off with it; if the
+// kernel cannot be switched, monitoring stays as it was.
+func TestPipelineMonitoringSwitchesKernelRecords(t *testing.T) {
+	p := NewPipeline(nil, nil)
+	sw := &fakeSwitch{}
+	p.Kernel = sw
+	if err := p.SetMonitoring(false); err != nil || p.MonitoringEnabled() {
+		t.Fatalf("off: err %v enabled %v", err, p.MonitoringEnabled())
+	}
+	if err := p.SetMonitoring(true); err != nil || !p.MonitoringEnabled() {
+		t.Fatalf("on: err %v enabled %v", err, p.MonitoringEnabled())
+	}
+	if len(sw.calls) != 2 || sw.calls[0] || !sw.calls[1] {
+		t.Fatalf("kernel switched %v, want [false true]", sw.calls)
+	}
+	sw.err = errors.New("map write failed")
+	if err := p.SetMonitoring(false); err == nil || !strings.Contains(err.Error(), "map write failed") {
+		t.Fatalf("failed switch: err %v", err)
+	}
+	if !p.MonitoringEnabled() {
+		t.Fatal("a failed kernel switch turned monitoring off anyway")
 	}
 }

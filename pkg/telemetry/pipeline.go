@@ -3,6 +3,7 @@ package telemetry
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync/atomic"
 )
 
@@ -23,8 +24,11 @@ var ErrClosed = errors.New("telemetry: reader closed")
 type Pipeline struct {
 	Metrics   *TCPMetrics
 	AccessLog *AccessLog
-	enabled   atomic.Bool
-	names     atomic.Pointer[namesBox]
+	// Kernel, if set, is switched with monitoring, so that with monitoring
+	// off the kernel writes no records at all (the dataplane implements it).
+	Kernel  EventSwitch
+	enabled atomic.Bool
+	names   atomic.Pointer[namesBox]
 }
 
 // NewPipeline returns a pipeline, monitoring on.
@@ -45,8 +49,19 @@ func (p *Pipeline) SetNames(n Names) {
 // MonitoringEnabled and SetMonitoring implement admin.Monitoring.
 func (p *Pipeline) MonitoringEnabled() bool { return p.enabled.Load() }
 
-// SetMonitoring switches metrics accounting and the access log together.
+// EventSwitch turns connection records on or off at their source.
+type EventSwitch interface {
+	SetEvents(on bool) error
+}
+
+// SetMonitoring switches the kernel's records, metrics accounting and the
+// access log together. If the kernel cannot be switched nothing changes.
 func (p *Pipeline) SetMonitoring(on bool) error {
+	if p.Kernel != nil {
+		if err := p.Kernel.SetEvents(on); err != nil {
+			return fmt.Errorf("switching connection records in the kernel: %w", err)
+		}
+	}
 	p.enabled.Store(on)
 	if p.AccessLog != nil {
 		p.AccessLog.SetEnabled(on)

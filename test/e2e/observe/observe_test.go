@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -483,5 +484,45 @@ func TestKmeshctlDumpsRoundTrip(t *testing.T) {
 	table := string(run("dump", "bpf", "--map", "km_frontend"))
 	if !strings.Contains(table, "MAP km_frontend") || !strings.Contains(table, vip.String()) {
 		t.Fatalf("table output:\n%s", table)
+	}
+}
+
+// TestMonitoringSwitch: `kmeshctl monitoring disable` (the admin API's
+// switch) stops connection telemetry in the kernel too; connections made
+// meanwhile are never counted, and after enable exactly the new ones are.
+func TestMonitoringSwitch(t *testing.T) {
+	r := newRig(t, false, 0)
+	r.waitReady()
+	c, err := admin.NewClient(r.admin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	set := func(on bool) {
+		var st admin.MonitoringState
+		if err := c.Post(context.Background(), "/debug/monitoring", url.Values{"enabled": {fmt.Sprint(on)}}, &st); err != nil || st.Enabled != on {
+			t.Fatalf("monitoring %v: %+v %v", on, st, err)
+		}
+	}
+	send := func(n int) {
+		var res sendResult
+		testutil.RunHelper(t, "send", sendArgs{Addr: netip.AddrPortFrom(vip, 80).String(), Count: n, Payload: 100},
+			testutil.HelperOptions{Netns: r.cl.NS, Cgroup: r.client, Timeout: 2 * time.Minute}, &res)
+		if res.OK != n {
+			t.Fatalf("connections: %+v", res)
+		}
+	}
+	set(false)
+	send(20)
+	set(true)
+	send(10)
+	waitFor(t, "10 closed connections in metrics", func() bool {
+		return sum(r.scrape("istio_tcp_connections_closed_total"), "reporter=source") >= 10
+	})
+	time.Sleep(300 * time.Millisecond) // anything late would show now
+	if got := sum(r.scrape("istio_tcp_connections_opened_total"), "reporter=source"); got != 10 {
+		t.Fatalf("opened_total = %v, want exactly the 10 connections made while monitoring was on", got)
+	}
+	if got := sum(r.scrape("istio_tcp_connections_closed_total"), "reporter=source"); got != 10 {
+		t.Fatalf("closed_total = %v, want exactly 10", got)
 	}
 }
