@@ -85,8 +85,9 @@ func TestSweepPoints(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Per protocol and rate: 4 connection counts at 1 KiB + 2 other payloads at 16 connections.
-	if len(star) != 2*2*6 {
+	// Per protocol and rate: 4 connection counts at 1 KiB + 2 other payloads at 16 connections;
+	// then the telemetry point.
+	if len(star) != 2*2*6+1 || star[len(star)-1] != report.TelemetryPoint {
 		t.Fatalf("star sweep has %d points: %v", len(star), star)
 	}
 	if star[0] != (report.Point{Proto: load.HTTP, Conns: 1, Rate: 1000, Payload: 1024}) || !contains(star, Headline) {
@@ -105,7 +106,7 @@ func TestSweepPoints(t *testing.T) {
 	m := FullSweep()
 	m.Matrix = true
 	matrix, err := m.Points()
-	if err != nil || len(matrix) != 2*2*4*3 {
+	if err != nil || len(matrix) != 2*2*4*3+1 {
 		t.Fatalf("matrix: %d points, %v", len(matrix), err)
 	}
 	if _, err := (Sweep{Protos: []load.Proto{"udp"}, Conns: []int{1}, Rates: []float64{0}, Payloads: []int{1}}).Points(); err == nil {
@@ -163,7 +164,8 @@ func TestRunEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	o := Options{
-		Points:    []report.Point{{Proto: load.HTTP, Conns: 2, Rate: 500, Payload: 256}, {Proto: load.TCP, Conns: 2, Rate: 0, Payload: 64}},
+		Points: []report.Point{{Proto: load.HTTP, Conns: 2, Rate: 500, Payload: 256}, {Proto: load.TCP, Conns: 2, Rate: 0, Payload: 64},
+			{Proto: load.HTTPClose, Conns: 2, Rate: 0, Payload: 64}},
 		Headline:  report.Point{Proto: load.HTTP, Conns: 2, Rate: 500, Payload: 256},
 		Scenarios: Builtin(), Duration: 300 * time.Millisecond, Warmup: 100 * time.Millisecond, Repeat: 1,
 		RequestTimeout: 2 * time.Second, MaxSamples: 1 << 20, Placement: DefaultPlacement(), Self: self,
@@ -188,7 +190,7 @@ func TestRunEndToEnd(t *testing.T) {
 	// itself, 127.0.0.1 an inbound sidecar, .3/.4 node proxies, .5 the
 	// waypoint), and every cell of it is OK.
 	want := map[string]string{report.Direct: "10.78.0.1", report.DirectControl: "10.78.0.1",
-		report.DualEngine: "10.78.0.1", report.DualEngineAccel: "10.78.0.1",
+		report.DualEngine: "10.78.0.1", report.DualEngineAccel: "10.78.0.1", report.DualEngineNoTelemetry: "10.78.0.1",
 		report.SidecarHAProxy: "127.0.0.1", report.SidecarNginx: "127.0.0.1", report.NodeProxy: "10.78.0.4", report.Waypoint: "10.78.0.5",
 		report.DualEngineWaypoint: "10.78.0.5"}
 	for _, s := range rep.Scenarios {
@@ -208,8 +210,12 @@ func TestRunEndToEnd(t *testing.T) {
 			}
 		}
 		// kmesh's scenarios prove their mechanism with kernel counters.
-		if (s.Name == report.DualEngine || s.Name == report.DualEngineAccel) && !strings.Contains(s.Evidence, "connect_lb=") {
+		if (s.Name == report.DualEngine || s.Name == report.DualEngineAccel || s.Name == report.DualEngineNoTelemetry) && !strings.Contains(s.Evidence, "connect_lb=") {
 			t.Errorf("%s: no kernel evidence: %+v", s.Name, s)
+		}
+		// Telemetry on: the connections reached the Istio metrics.
+		if (s.Name == report.DualEngine || s.Name == report.DualEngineAccel) != strings.Contains(s.Evidence, "istio_tcp_connections_opened_total=") {
+			t.Errorf("%s: telemetry evidence wrong: %s", s.Name, s.Evidence)
 		}
 		if s.Name == report.DualEngineWaypoint && !strings.Contains(s.Evidence, "waypoint_header=") {
 			t.Errorf("%s: no kernel evidence: %+v", s.Name, s)

@@ -8,12 +8,16 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/kmesh-go/kmesh/bench/load"
 	"github.com/kmesh-go/kmesh/bench/netlab"
 	"github.com/kmesh-go/kmesh/bench/proxy"
 	"github.com/kmesh-go/kmesh/bench/report"
 	"github.com/kmesh-go/kmesh/pkg/bpf"
+	"github.com/kmesh-go/kmesh/pkg/daemon"
 	"github.com/kmesh-go/kmesh/pkg/dataplane"
 	"github.com/kmesh-go/kmesh/pkg/model"
 	"github.com/kmesh-go/kmesh/pkg/probe"
@@ -26,9 +30,14 @@ import (
 func dataplaneScenarios() []Scenario {
 	return []Scenario{
 		&dualEngine{vip: netip.MustParseAddr("10.96.0.10"), base: 9080},
+		&dualEngine{noTelemetry: true, vip: netip.MustParseAddr("10.96.0.15"), base: 9480},
 		&dualEngine{accel: true, vip: netip.MustParseAddr("10.96.0.11"), base: 9180},
 	}
 }
+
+// withClose: the scenarios that also run the new-connection-per-request
+// protocol, where the telemetry overhead target is judged.
+var withClose = []load.Proto{load.HTTP, load.TCP, load.HTTPClose}
 
 // dualEngine owns one dataplane instance attached to a cgroup of its own;
 // the client runs in one child cgroup and a server instance of its own in
@@ -36,18 +45,27 @@ func dataplaneScenarios() []Scenario {
 // pays for them. The VIP is routed nowhere: a connect() that the program does not
 // rewrite fails, so a passing path check proves the dataplane is in the path.
 type dualEngine struct {
-	accel    bool
-	vip      netip.Addr
-	base     uint16 // the scenario's server listens on base (http) and base+1 (tcp)
-	clientCg string
-	dp       *dataplane.Dataplane
+	accel bool
+	// noTelemetry switches connection records off in the kernel (what
+	// kmeshctl monitoring disable does); the others run kmeshd's telemetry
+	// pipeline (ring buffer → Istio metrics and the access log), as a node
+	// with default settings plus the access log does.
+	noTelemetry bool
+	vip         netip.Addr
+	base        uint16 // the scenario's server listens on base (http) and base+1 (tcp)
+	clientCg    string
+	dp          *dataplane.Dataplane
+	metrics     *prometheus.Registry
 }
 
 const echoService = "bench/echo"
 
 func (d *dualEngine) name() string {
-	if d.accel {
+	switch {
+	case d.accel:
 		return report.DualEngineAccel
+	case d.noTelemetry:
+		return report.DualEngineNoTelemetry
 	}
 	return report.DualEngine
 }
@@ -57,8 +75,12 @@ func (d *dualEngine) Info() report.ScenarioInfo {
 		return report.ScenarioInfo{Name: d.name(), Title: "dual-engine + same-node acceleration", Protos: both,
 			Description: fmt.Sprintf("client → service VIP %s, rewritten at connect(); payload bytes between the two enrolled local sockets redirected by sk_msg, bypassing TCP/IP (kmesh, pkg/dataplane Accel)", d.vip)}
 	}
-	return report.ScenarioInfo{Name: d.name(), Title: "dual-engine (connect-time LB)", Protos: both,
-		Description: fmt.Sprintf("client → service VIP %s, rewritten to the server at connect() by kmesh's cgroup programs; no proxy; sockops tracks both ends (kmesh, pkg/dataplane)", d.vip)}
+	if d.noTelemetry {
+		return report.ScenarioInfo{Name: d.name(), Title: "dual-engine, telemetry off", Protos: withClose,
+			Description: fmt.Sprintf("as dual-engine (VIP %s), with connection records off in the kernel (kmeshctl monitoring disable): the control for the telemetry path's cost", d.vip)}
+	}
+	return report.ScenarioInfo{Name: d.name(), Title: "dual-engine (connect-time LB)", Protos: withClose,
+		Description: fmt.Sprintf("client → service VIP %s, rewritten to the server at connect() by kmesh's cgroup programs; no proxy; sockops tracks both ends; kmeshd's telemetry pipeline (Istio metrics, access log) consumes the connection records (kmesh, pkg/dataplane + pkg/daemon)", d.vip)}
 }
 
 func (d *dualEngine) Available(e *Env) error {
@@ -94,15 +116,37 @@ func (d *dualEngine) Setup(ctx context.Context, e *Env) error {
 	// in reverse, so the dataplane is closed, then uninstalled, then the
 	// cgroups go.
 	e.Lab.Defer("uninstall dataplane "+bopts.PinDir, func() error { return bpf.Uninstall(bopts) })
+	logger := slog.New(slog.NewTextHandler(logf, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	dp, err := dataplane.Open(dataplane.Options{
-		BPF: bopts, StateDir: filepath.Join(e.Lab.Dir, name+"-state"), Accel: d.accel,
-		Logger: slog.New(slog.NewTextHandler(logf, &slog.HandlerOptions{Level: slog.LevelInfo})),
+		BPF: bopts, StateDir: filepath.Join(e.Lab.Dir, name+"-state"), Accel: d.accel, NoEvents: d.noTelemetry,
+		ReportInterval: 10 * time.Second, // kmeshd's default
+		Logger:         logger,
 	})
 	if err != nil {
 		return fmt.Errorf("dataplane: %w", err)
 	}
 	e.Lab.Defer("close dataplane "+name, dp.Close)
 	d.dp = dp
+	var api dataplane.API = dp
+	if !d.noTelemetry {
+		// kmeshd's own telemetry: the pipeline reads the ring buffer into
+		// the Istio metrics and writes the access log (to a file, as a node
+		// agent's stdout is). Admin API off: it is not on the data path.
+		alog, err := os.Create(filepath.Join(e.Lab.Dir, name+"-access.log"))
+		if err != nil {
+			return err
+		}
+		e.Lab.Defer("close "+alog.Name(), alog.Close)
+		d.metrics = prometheus.NewRegistry()
+		obs, err := daemon.StartObservability(context.Background(), daemon.ObservabilityOptions{
+			AdminAddress: daemon.Off, MetricsAddress: "127.0.0.1:0", AccessLog: true, AccessLogOutput: alog,
+			Registry: d.metrics}, dp, logger)
+		if err != nil {
+			return fmt.Errorf("telemetry: %w", err)
+		}
+		e.Lab.Defer("stop telemetry "+name, func() error { obs.Stop(); return nil })
+		api = obs.API()
+	}
 
 	// Pods are enrolled by network namespace, as a node agent enrols pods.
 	// The programs only run for sockets under this scenario's cgroup, so the
@@ -118,7 +162,7 @@ func (d *dualEngine) Setup(ctx context.Context, e *Env) error {
 				Enrolment: &model.Enrolment{NetnsPath: e.Client.NS.Path()}},
 		},
 	}
-	if err := dp.Apply(ctx, snap); err != nil {
+	if err := api.Apply(ctx, snap); err != nil {
 		return fmt.Errorf("dataplane apply: %w", err)
 	}
 	// The scenario's own server instance (same binary as everyone's), enrolled
@@ -157,9 +201,22 @@ func (d *dualEngine) Check(*Env) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("reading dataplane counters: %w", err)
 	}
-	evidence := fmt.Sprintf("kernel counters: %s=%d %s=%d %s=%d %s=%d", bpf.StatConnectLB, st[bpf.StatConnectLB],
-		bpf.StatLookupMiss, st[bpf.StatLookupMiss], bpf.StatAccelInsert, st[bpf.StatAccelInsert], bpf.StatAccelRedirect, st[bpf.StatAccelRedirect])
+	evidence := fmt.Sprintf("kernel counters: %s=%d %s=%d %s=%d %s=%d %s=%d", bpf.StatConnectLB, st[bpf.StatConnectLB],
+		bpf.StatLookupMiss, st[bpf.StatLookupMiss], bpf.StatAccelInsert, st[bpf.StatAccelInsert], bpf.StatAccelRedirect, st[bpf.StatAccelRedirect],
+		bpf.StatEventsDropped, st[bpf.StatEventsDropped])
+	if d.metrics != nil {
+		opened, err := counterSum(d.metrics, "istio_tcp_connections_opened_total")
+		if err != nil {
+			return evidence, err
+		}
+		evidence += fmt.Sprintf(", telemetry: istio_tcp_connections_opened_total=%.0f", opened)
+		if opened == 0 {
+			return evidence, fmt.Errorf("telemetry on, but no connection reached the metrics")
+		}
+	}
 	switch {
+	case d.noTelemetry && st[bpf.StatEventsDropped] != 0:
+		return evidence, fmt.Errorf("records off, but the kernel tried to write %d", st[bpf.StatEventsDropped])
 	case st[bpf.StatConnectLB] == 0:
 		return evidence, fmt.Errorf("no connection was load-balanced by the dataplane")
 	case d.accel && st[bpf.StatAccelRedirect] == 0:
@@ -168,6 +225,24 @@ func (d *dualEngine) Check(*Env) (string, error) {
 		return evidence, fmt.Errorf("sk_msg redirected data although acceleration is off")
 	}
 	return evidence, nil
+}
+
+// counterSum adds up every series of a counter family.
+func counterSum(reg *prometheus.Registry, name string) (float64, error) {
+	mfs, err := reg.Gather()
+	if err != nil {
+		return 0, err
+	}
+	var sum float64
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			sum += m.GetCounter().GetValue()
+		}
+	}
+	return sum, nil
 }
 
 // SweepStaleDataplanes uninstalls dataplanes pinned by a bench run that was

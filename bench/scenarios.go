@@ -51,10 +51,10 @@ type direct struct {
 
 func (d *direct) Info() report.ScenarioInfo {
 	if d.control {
-		return report.ScenarioInfo{Name: report.DirectControl, Title: "direct again (A/A control)", Protos: both,
+		return report.ScenarioInfo{Name: report.DirectControl, Title: "direct again (A/A control)", Protos: withClose,
 			Description: "the direct path measured again as its own scenario: its ratio to direct is the noise floor of the run"}
 	}
-	return report.ScenarioInfo{Name: report.Direct, Title: "direct (no mesh)", Protos: both,
+	return report.ScenarioInfo{Name: report.Direct, Title: "direct (no mesh)", Protos: withClose,
 		Description: "client pod → server pod over the bridge; no mesh, the physical floor"}
 }
 func (*direct) Available(*Env) error                    { return nil }

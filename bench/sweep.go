@@ -21,6 +21,9 @@ type Sweep struct {
 	// headline: every connection count at the headline payload, and every
 	// payload at the headline connection count, for each protocol and rate.
 	Matrix bool
+	// Extra points measured after the sweep (by the scenarios that carry
+	// their protocol): the telemetry overhead point.
+	Extra []report.Point
 }
 
 // FullSweep is `make bench`: 24 points (star) or 48 (matrix).
@@ -31,6 +34,7 @@ func FullSweep() Sweep {
 		Rates:    []float64{1000, 0},
 		Payloads: []int{64, 1024, 16384},
 		Headline: Headline,
+		Extra:    []report.Point{report.TelemetryPoint},
 	}
 }
 
@@ -40,7 +44,7 @@ var Headline = report.Point{Proto: load.HTTP, Conns: 16, Rate: 1000, Payload: 10
 // SmokePoints is `make bench-smoke`: the headline for HTTP and maximum rate
 // for TCP echo, so both protocols, both rate modes and every scenario run.
 func SmokePoints() []report.Point {
-	return []report.Point{Headline, {Proto: load.TCP, Conns: 16, Rate: 0, Payload: 1024}}
+	return []report.Point{Headline, {Proto: load.TCP, Conns: 16, Rate: 0, Payload: 1024}, report.TelemetryPoint}
 }
 
 // Points expands the sweep in run order (protocol, rate, connections, payload).
@@ -81,6 +85,9 @@ func (s Sweep) Points() ([]report.Point, error) {
 				}
 			}
 		}
+	}
+	for _, p := range s.Extra {
+		add(p)
 	}
 	return pts, nil
 }

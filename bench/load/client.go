@@ -244,11 +244,12 @@ func (w *worker) Run(ctx context.Context, _ periodic.ThreadID) (bool, string) {
 func newWorker(s Spec, payload []byte, budget *atomic.Int64) (*worker, error) {
 	w := &worker{budget: budget, codes: map[string]int64{}}
 	switch s.Proto {
-	case HTTP:
+	case HTTP, HTTPClose:
 		o := &fhttp.HTTPOptions{
-			Payload:        payload,
-			HTTPReqTimeOut: s.RequestTimeout,
-			ContentType:    "application/octet-stream",
+			Payload:          payload,
+			HTTPReqTimeOut:   s.RequestTimeout,
+			ContentType:      "application/octet-stream",
+			DisableKeepAlive: s.Proto == HTTPClose,
 		}
 		o.InitHeaders()
 		o.Init("http://" + s.Addr + "/echo")

@@ -102,7 +102,7 @@ func TestRunAgainstEchoServers(t *testing.T) {
 	for _, c := range []struct {
 		proto Proto
 		addr  string
-	}{{HTTP, httpAddr.String()}, {TCP, tcpAddr.String()}} {
+	}{{HTTP, httpAddr.String()}, {HTTPClose, httpAddr.String()}, {TCP, tcpAddr.String()}} {
 		t.Run(string(c.proto), func(t *testing.T) {
 			s := Spec{Proto: c.proto, Addr: c.addr, Conns: 2, Rate: 400, Payload: 1024,
 				Warmup: 50 * time.Millisecond, Duration: 250 * time.Millisecond,
@@ -244,5 +244,43 @@ func TestProbeReportsPeer(t *testing.T) {
 	defer srv.Close()
 	if _, err := Probe(context.Background(), strings.TrimPrefix(srv.URL, "http://"), 2*time.Second); err == nil {
 		t.Fatal("Probe accepted a 404")
+	}
+}
+
+// http-close opens a new connection for every request; http reuses them.
+func TestHTTPCloseOpensAConnectionPerRequest(t *testing.T) {
+	var conns atomic.Int64
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		w.Write(body)
+	}))
+	srv.Config.ConnState = func(_ net.Conn, st http.ConnState) {
+		if st == http.StateNew {
+			conns.Add(1)
+		}
+	}
+	srv.Start()
+	defer srv.Close()
+	for _, c := range []struct {
+		proto  Proto
+		perReq bool
+	}{{HTTP, false}, {HTTPClose, true}} {
+		conns.Store(0)
+		s := Spec{Proto: c.proto, Addr: strings.TrimPrefix(srv.URL, "http://"), Conns: 2, Rate: 400, Payload: 64,
+			Duration: 200 * time.Millisecond, RequestTimeout: 2 * time.Second, MaxSamples: 100000}
+		res, err := Run(context.Background(), s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := conns.Load()
+		// Priming sends one request per connection before the measured run.
+		reqs := res.Requests + res.WarmupRequests + int64(s.Conns)
+		t.Logf("%s: %d requests, %d connections", c.proto, reqs, n)
+		if c.perReq && n < reqs {
+			t.Errorf("%s: %d connections for %d requests, want one per request", c.proto, n, reqs)
+		}
+		if !c.perReq && n > int64(s.Conns)+2 {
+			t.Errorf("%s: %d connections for %d workers, want them reused", c.proto, n, s.Conns)
+		}
 	}
 }

@@ -22,6 +22,10 @@ const (
 	HTTP Proto = "http"
 	// TCP is a raw echo: Payload bytes written, the same bytes read back.
 	TCP Proto = "tcp"
+	// HTTPClose is HTTP without keep-alive: every request on a new TCP
+	// connection (connect, request, response, close). It is the worst case for
+	// per-connection work such as connect-time balancing and telemetry.
+	HTTPClose Proto = "http-close"
 )
 
 // Protos lists the protocols in report order.
@@ -57,8 +61,8 @@ const (
 // Validate rejects specs that cannot be run as given.
 func (s Spec) Validate() error {
 	var errs []error
-	if s.Proto != HTTP && s.Proto != TCP {
-		errs = append(errs, fmt.Errorf("proto %q: want http or tcp", s.Proto))
+	if s.Proto != HTTP && s.Proto != TCP && s.Proto != HTTPClose {
+		errs = append(errs, fmt.Errorf("proto %q: want http, http-close or tcp", s.Proto))
 	}
 	if s.Addr == "" {
 		errs = append(errs, errors.New("addr is empty"))

@@ -87,6 +87,9 @@ func Markdown(r *Report, plots []string) string {
 			verdict += ": " + t.Reason
 		}
 		text := t.Text
+		if t.At != nil {
+			text += " at " + t.At.String()
+		}
 		if t.Note != "" {
 			text += " (" + t.Note + ")"
 		}

@@ -20,10 +20,13 @@ const (
 	DirectControl   = "direct-control"
 	DualEngine      = "dual-engine"
 	DualEngineAccel = "dual-engine-accel"
-	SidecarHAProxy  = "sidecar-haproxy"
-	SidecarNginx    = "sidecar-nginx"
-	NodeProxy       = "node-proxy"
-	Waypoint        = "waypoint"
+	// DualEngineNoTelemetry is dual-engine with connection records off in
+	// the kernel (kmeshctl monitoring disable): the control for telemetry.
+	DualEngineNoTelemetry = "dual-engine-no-telemetry"
+	SidecarHAProxy        = "sidecar-haproxy"
+	SidecarNginx          = "sidecar-nginx"
+	NodeProxy             = "node-proxy"
+	Waypoint              = "waypoint"
 	// DualEngineWaypoint is kmesh's waypoint path (docs/waypoint.md).
 	DualEngineWaypoint = "dual-engine-waypoint"
 	KernelNative       = "kernel-native"

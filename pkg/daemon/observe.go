@@ -179,6 +179,30 @@ func startObservability(ctx context.Context, o ObservabilityOptions, dp *datapla
 	return obs, nil
 }
 
+// Observability is kmeshd's telemetry pipeline, metrics endpoint and admin
+// API around a dataplane, for callers that drive a dataplane themselves
+// (the bench harness measures the daemon's telemetry path with it).
+type Observability struct{ obs *observability }
+
+// StartObservability starts what Run starts around dp. Changes must go
+// through API() so that metrics and the access log can name workloads.
+func StartObservability(ctx context.Context, o ObservabilityOptions, dp *dataplane.Dataplane, log *slog.Logger) (*Observability, error) {
+	if err := o.validate(); err != nil {
+		return nil, err
+	}
+	obs, err := startObservability(ctx, o, dp, "dual-engine", log)
+	if err != nil {
+		return nil, err
+	}
+	return &Observability{obs: obs}, nil
+}
+
+// API is the dataplane as the observability layer sees it.
+func (o *Observability) API() dataplane.API { return o.obs.tracker }
+
+// Stop ends the pipeline and the servers.
+func (o *Observability) Stop() { o.obs.stop() }
+
 func (obs *observability) stop() {
 	obs.cancel()
 	obs.wg.Wait()
