@@ -29,9 +29,14 @@ type TCPMetrics struct {
 	opened, closed, sent, received *prometheus.CounterVec
 	overflow                       prometheus.Counter
 	events                         *prometheus.CounterVec
+	// The events counters, resolved once.
+	evOpen, evClose, evPeriodic, evUnknown prometheus.Counter
 
-	mu        sync.Mutex
-	series    map[[len15]string]struct{}
+	mu sync.Mutex
+	// series holds each label set's four counters, resolved once: looking
+	// them up by 15 label values on every record would cost more than the
+	// rest of the record's accounting.
+	series    map[[len15]string]*seriesCounters
 	maxSeries int
 	names     atomic.Pointer[namesBox]
 	// last cumulative byte counts per socket cookie, so periodic and close
@@ -40,6 +45,8 @@ type TCPMetrics struct {
 }
 
 const len15 = 15
+
+type seriesCounters struct{ opened, closed, sent, received prometheus.Counter }
 
 // maxTracked bounds the per-connection byte state (one entry per live
 // connection that has reported).
@@ -65,12 +72,35 @@ func NewTCPMetrics(reg prometheus.Registerer, maxSeries int) *TCPMetrics {
 			Help: "Records counted under overflow labels because the series limit was reached."}),
 		events: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "kmesh_telemetry_events_total",
 			Help: "Connection records read from the dataplane, by type."}, []string{"type"}),
-		series:    map[[len15]string]struct{}{},
+		series:    map[[len15]string]*seriesCounters{},
 		maxSeries: maxSeries,
 		last:      map[uint64][2]uint64{},
 	}
 	reg.MustRegister(m.opened, m.closed, m.sent, m.received, m.overflow, m.events)
+	m.evOpen, m.evClose = m.events.WithLabelValues("open"), m.events.WithLabelValues("close")
+	m.evPeriodic, m.evUnknown = m.events.WithLabelValues("periodic"), m.events.WithLabelValues("unknown")
 	return m
+}
+
+// seriesFor returns the counters of a label set, creating them within the
+// series bound (past it: the overflow set). Called with m.mu held.
+func (m *TCPMetrics) seriesFor(lv [len15]string) *seriesCounters {
+	if c, ok := m.series[lv]; ok {
+		return c
+	}
+	if len(m.series) >= m.maxSeries {
+		m.overflow.Inc()
+		lv = overflowLabels(lv[0])
+		if c, ok := m.series[lv]; ok {
+			return c
+		}
+		// The overflow sets (one per reporter) live beyond the bound.
+	}
+	l := lv[:]
+	c := &seriesCounters{opened: m.opened.WithLabelValues(l...), closed: m.closed.WithLabelValues(l...),
+		sent: m.sent.WithLabelValues(l...), received: m.received.WithLabelValues(l...)}
+	m.series[lv] = c
+	return c
 }
 
 // SetNames sets the resolver used for labels (swap it when the model changes).
@@ -80,25 +110,18 @@ func (m *TCPMetrics) SetNames(n Names) { m.names.Store(&namesBox{n}) }
 func (m *TCPMetrics) Observe(ev *ConnEvent) {
 	switch ev.Type {
 	case EventOpen:
-		m.events.WithLabelValues("open").Inc()
+		m.evOpen.Inc()
 	case EventClose:
-		m.events.WithLabelValues("close").Inc()
+		m.evClose.Inc()
 	case EventPeriodic:
-		m.events.WithLabelValues("periodic").Inc()
+		m.evPeriodic.Inc()
 	default:
-		m.events.WithLabelValues("unknown").Inc()
+		m.evUnknown.Inc()
 		return
 	}
 	lv := m.labelValues(ev)
 	m.mu.Lock()
-	if _, ok := m.series[lv]; !ok {
-		if len(m.series) >= m.maxSeries {
-			m.overflow.Inc()
-			lv = overflowLabels(lv[0])
-		} else {
-			m.series[lv] = struct{}{}
-		}
-	}
+	c := m.seriesFor(lv)
 	prev, tracked := m.last[ev.Cookie]
 	if !tracked && ev.Type == EventPeriodic && len(m.last) >= maxTracked {
 		// No room to remember what was counted: leave this connection's bytes
@@ -123,18 +146,17 @@ func (m *TCPMetrics) Observe(ev *ConnEvent) {
 	}
 	m.mu.Unlock()
 
-	l := lv[:]
 	switch ev.Type {
 	case EventOpen:
-		m.opened.WithLabelValues(l...).Inc()
+		c.opened.Inc()
 	case EventClose:
-		m.closed.WithLabelValues(l...).Inc()
+		c.closed.Inc()
 	}
 	if dSent > 0 {
-		m.sent.WithLabelValues(l...).Add(float64(dSent))
+		c.sent.Add(float64(dSent))
 	}
 	if dRecv > 0 {
-		m.received.WithLabelValues(l...).Add(float64(dRecv))
+		c.received.Add(float64(dRecv))
 	}
 }
 
