@@ -66,8 +66,8 @@ func (s Sweep) Points() ([]report.Point, error) {
 		hp = s.Payloads[0]
 	}
 	for _, proto := range s.Protos {
-		if proto != load.HTTP && proto != load.TCP {
-			return nil, fmt.Errorf("sweep: protocol %q: want http or tcp", proto)
+		if proto != load.HTTP && proto != load.TCP && proto != load.HTTPClose {
+			return nil, fmt.Errorf("sweep: protocol %q: want http, tcp or http-close", proto)
 		}
 		for _, rate := range s.Rates {
 			for _, c := range s.Conns {

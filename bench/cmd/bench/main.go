@@ -44,7 +44,7 @@ func run() int {
 		duration   = flag.Duration("duration", 0, "measured window per run (default 5s; smoke 500ms)")
 		warmup     = flag.Duration("warmup", 0, "discarded traffic before each window (default 1s; smoke 200ms)")
 		repeat     = flag.Int("repeat", 0, "repetitions of the interleaved sweep (default 3; smoke 2)")
-		protos     = flag.String("protos", joinProtos(full.Protos), "protocols: http,tcp")
+		protos     = flag.String("protos", joinProtos(full.Protos), "protocols: http,tcp,http-close (http-close: a new connection per request)")
 		conns      = flag.String("conns", joinInts(full.Conns), "connection counts")
 		rates      = flag.String("rates", "1000,max", "request rates per second; max = closed loop")
 		payloads   = flag.String("payloads", joinInts(full.Payloads), "payload sizes in bytes (request and response)")
