@@ -345,12 +345,27 @@ func TestKmeshdExternalADS(t *testing.T) {
 	case err := <-done:
 		t.Fatal(err)
 	}
-	k := startKmeshd(t, "--xds-address", addr)
+	const metrics = "127.0.0.1:15921"
+	k := startKmeshd(t, "--xds-address", addr, "--metrics-address", metrics)
 	waitFor(t, "kmeshd to route from the external server", k, func() bool { got, _ := e.curl("http://10.96.1.10/"); return got == "be2" })
 	e.expect(t, "be1", "-H", "Host: v1.example", "http://10.96.1.10/")
 	e.expect(t, "be2", "http://10.96.1.10/v2/")
 	if !strings.Contains(k.log.String(), "kernel-native config applied") {
 		t.Errorf("no apply in the log:\n%s", k.log.String())
+	}
+	// kmesh.ko's counters, read over generic netlink, are metrics: the
+	// requests above were parsed, decided and redirected by the module.
+	resp, err := http.Get("http://" + metrics + "/stats/prometheus")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, c := range []string{"parsed", "decisions", "redirects"} {
+		m := regexp.MustCompile(`(?m)^kmesh_kmod_events_total\{counter="` + c + `"\} ([0-9.e+]+)$`).FindSubmatch(body)
+		if m == nil || string(m[1]) == "0" {
+			t.Errorf("kmesh_kmod_events_total{counter=%q}: %q; metrics:\n%s", c, m, body)
+		}
 	}
 }
 
