@@ -19,26 +19,31 @@
 /* TCP's byte counters count sequence space: the SYN of an active opener is
  * in bytes_acked, FINs are in bytes_acked (ours, once acked) and
  * bytes_received (the peer's). Records carry application bytes, so those
- * are taken out; the socket's shutdown bits say which FINs happened (read
- * before tcp_done() sets them all). */
+ * are taken out. Our FIN: the shutdown bits (read before tcp_done() sets
+ * them all). The peer's FIN: SOCK_DONE, which only tcp_fin() sets; the
+ * shutdown bits cannot tell, since close() sets RCV_SHUTDOWN too and an
+ * orphaned socket in FIN_WAIT2 reaches TCP_CLOSE before the peer's FIN. */
 static __always_inline void km_app_bytes(struct bpf_sock_ops *skops, struct km_sock_state *st,
 					 __u64 *sent, __u64 *rcvd)
 {
 	__u64 acked = skops->bytes_acked, recv = skops->bytes_received;
 	struct bpf_sock *sk = skops->sk;
 	struct tcp_sock *tp = 0;
+	__u64 sk_flags = 0;
 	__u8 shut = 0;
 
 	if (st->direction == KM_DIR_OUTBOUND && acked)
 		acked--; /* SYN */
 	if (sk)
 		tp = bpf_skc_to_tcp_sock(sk);
-	if (tp)
+	if (tp) {
 		shut = BPF_CORE_READ_BITFIELD(&tp->inet_conn.icsk_inet.sk, sk_shutdown);
+		sk_flags = tp->inet_conn.icsk_inet.sk.__sk_common.skc_flags;
+	}
 	if ((shut & KM_SEND_SHUTDOWN) && acked && skops->snd_una == skops->snd_nxt &&
 	    skops->state != BPF_TCP_ESTABLISHED && skops->state != BPF_TCP_CLOSE_WAIT)
 		acked--; /* our FIN, acked */
-	if ((shut & KM_RCV_SHUTDOWN) && recv)
+	if ((sk_flags & (1ULL << bpf_core_enum_value(enum sock_flags, SOCK_DONE))) && recv)
 		recv--; /* the peer's FIN */
 	*sent = acked;
 	*rcvd = recv;
