@@ -60,6 +60,7 @@ func run() int {
 		vm         = flag.Bool("vm", false, "run inside the Debian 6.12 VM with kmesh.ko (kernel-native, scenario 7); results rendered into -out")
 		vmKver     = flag.String("vm-kver", "", "with -vm: guest kernel ABI (default: KVER_612 from make deps)")
 		emit       = flag.Bool("emit-json", false, "print results.json on stdout between markers (used by -vm inside the guest)")
+		headline   = flag.String("headline", "", "judge the targets at this point instead of http,16,1000,1024 (proto,conns,rate,payload; rate may be max): for machines that cannot carry the headline load, e.g. the TCG guest of -vm")
 	)
 	flag.Var(&notes, "note", "a note recorded with the results (repeatable), e.g. \"shared 2-vCPU VM\"")
 	flag.Parse()
@@ -117,6 +118,19 @@ func run() int {
 			return 2
 		}
 		sw.Matrix = *matrix
+		protosSet := false
+		flag.Visit(func(f *flag.Flag) { protosSet = protosSet || f.Name == "protos" })
+		if !protosSet {
+			sw.Extra = full.Extra // the telemetry overhead point (http-close)
+		}
+		if *headline != "" {
+			h, err := parsePoint(*headline)
+			if err != nil {
+				fmt.Fprintln(os.Stderr, "bench: -headline:", err)
+				return 2
+			}
+			sw.Headline, o.Headline = h, h
+		}
 		if o.Points, err = sw.Points(); err != nil {
 			fmt.Fprintln(os.Stderr, "bench:", err)
 			return 2
@@ -268,6 +282,19 @@ func parseSweep(protos, conns, rates, payloads string) (bench.Sweep, error) {
 		sw.Rates = append(sw.Rates, v)
 	}
 	return sw, errors.Join(errs...)
+}
+
+// parsePoint reads "proto,conns,rate,payload" (rate: a number or max).
+func parsePoint(s string) (report.Point, error) {
+	f := strings.Split(s, ",")
+	if len(f) != 4 {
+		return report.Point{}, fmt.Errorf("%q: want proto,conns,rate,payload", s)
+	}
+	sw, err := parseSweep(f[0], f[1], f[2], f[3])
+	if err != nil {
+		return report.Point{}, err
+	}
+	return report.Point{Proto: sw.Protos[0], Conns: sw.Conns[0], Rate: sw.Rates[0], Payload: sw.Payloads[0]}, nil
 }
 
 func parseInts(s string) ([]int, error) {

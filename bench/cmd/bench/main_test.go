@@ -4,6 +4,7 @@ import (
 	"testing"
 
 	"github.com/kmesh-go/kmesh/bench/load"
+	"github.com/kmesh-go/kmesh/bench/report"
 )
 
 func TestShellJoin(t *testing.T) {
@@ -43,5 +44,20 @@ func TestSelectScenarios(t *testing.T) {
 	}
 	if _, err := selectScenarios("direct,nope"); err == nil {
 		t.Error("unknown scenario accepted")
+	}
+}
+
+func TestParsePoint(t *testing.T) {
+	p, err := parsePoint("http,4,100,1024")
+	if err != nil || p != (report.Point{Proto: load.HTTP, Conns: 4, Rate: 100, Payload: 1024}) {
+		t.Fatalf("parsePoint: %+v %v", p, err)
+	}
+	if p, err := parsePoint("http-close,16,max,64"); err != nil || p.Rate != 0 || p.Proto != load.HTTPClose {
+		t.Fatalf("parsePoint max: %+v %v", p, err)
+	}
+	for _, bad := range []string{"http,4,100", "http,x,100,1", "http,4,-1,1"} {
+		if _, err := parsePoint(bad); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
 	}
 }
