@@ -149,8 +149,10 @@ func (d *Dataplane) sweepUnowned() error {
 	owned := map[uint64]bool{}
 	ownedNs := map[uint64]bool{}
 	for _, w := range d.wls {
-		owned[w.enrolment().cgroup] = true
-		ownedNs[w.enrolment().netns] = true
+		if w.enrol != nil {
+			owned[w.enrol.cgroup] = true
+			ownedNs[w.enrol.netns] = true
+		}
 	}
 	for id := range d.enrolCg {
 		if !owned[id] {

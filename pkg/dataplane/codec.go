@@ -7,7 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
-	"sort"
+	"slices"
 
 	"github.com/kmesh-go/kmesh/pkg/model"
 )
@@ -22,28 +22,36 @@ import (
 
 const codecMagic = "KMDP"
 
+// encoder appends to b; with w set (encodeState) the caller spills b to w
+// as it grows. Appending to a byte slice, with no io.Writer call per field,
+// is what keeps hashing 100k workloads per full push cheap (hashWorkload).
 type encoder struct {
+	b   []byte
 	w   io.Writer
-	buf [binary.MaxVarintLen64]byte
 	err error
 }
 
-func (e *encoder) uvarint(v uint64) {
-	n := binary.PutUvarint(e.buf[:], v)
-	e.write(e.buf[:n])
-}
+func (e *encoder) uvarint(v uint64) { e.b = binary.AppendUvarint(e.b, v) }
 
-func (e *encoder) write(b []byte) {
-	if e.err == nil {
-		_, e.err = e.w.Write(b)
-	}
-}
+func (e *encoder) write(b []byte) { e.b = append(e.b, b...) }
 
 func (e *encoder) str(s string) {
-	e.uvarint(uint64(len(s)))
-	if e.err == nil {
-		_, e.err = io.WriteString(e.w, s)
+	e.b = binary.AppendUvarint(e.b, uint64(len(s)))
+	e.b = append(e.b, s...)
+}
+
+// spill writes what is buffered to w once it exceeds 64 KiB.
+func (e *encoder) spill() {
+	if len(e.b) >= 64<<10 {
+		e.flush()
 	}
+}
+
+func (e *encoder) flush() {
+	if e.err == nil && len(e.b) > 0 {
+		_, e.err = e.w.Write(e.b)
+	}
+	e.b = e.b[:0]
 }
 
 func (e *encoder) boolean(b bool) {
@@ -76,10 +84,13 @@ func (e *encoder) addrs(as []netip.Addr) {
 	}
 }
 
-func (e *encoder) locality(l model.Locality) {
-	for _, s := range []string{l.Region, l.Zone, l.Subzone, l.Node, l.Cluster, l.Network} {
-		e.str(s)
-	}
+func (e *encoder) locality(l *model.Locality) {
+	e.str(l.Region)
+	e.str(l.Zone)
+	e.str(l.Subzone)
+	e.str(l.Node)
+	e.str(l.Cluster)
+	e.str(l.Network)
 }
 
 func (e *encoder) waypoint(w *model.WaypointRef) {
@@ -119,13 +130,16 @@ func (e *encoder) workload(w *model.Workload) {
 	e.str(w.Name)
 	e.str(w.Namespace)
 	e.addrs(w.Addresses)
-	e.locality(w.Locality)
+	e.locality(&w.Locality)
 	e.uvarint(uint64(w.Weight))
-	keys := make([]string, 0, len(w.Services))
+	var small [4]string // most workloads back one or two services
+	keys := small[:0]
 	for k := range w.Services {
 		keys = append(keys, k)
 	}
-	sort.Strings(keys)
+	if len(keys) > 1 {
+		slices.Sort(keys)
+	}
 	e.uvarint(uint64(len(keys)))
 	for _, k := range keys {
 		e.str(k)
@@ -160,7 +174,7 @@ func (e *encoder) state(w *wlState) {
 	e.boolean(w.ep.local)
 	e.uvarint(uint64(w.weight))
 	e.boolean(w.healthy)
-	e.locality(*w.loc)
+	e.locality(w.loc)
 	e.uvarint(uint64(len(w.svcs)))
 	for _, m := range w.svcs {
 		e.str(m.key)
@@ -183,25 +197,24 @@ func (e *encoder) state(w *wlState) {
 
 // encodeState writes p (format stateFormat).
 func encodeState(w io.Writer, p *persisted) error {
-	bw := bufio.NewWriterSize(w, 256<<10)
-	e := &encoder{w: bw}
+	e := &encoder{w: w, b: make([]byte, 0, 80<<10)}
 	e.write([]byte(codecMagic))
 	e.uvarint(uint64(p.Format))
 	e.str(p.Node.Name)
-	e.locality(p.Node.Locality)
+	e.locality(&p.Node.Locality)
 	e.uvarint(uint64(len(p.Services)))
 	for _, s := range p.Services {
 		e.uvarint(uint64(s.ID))
 		e.service(s.Service)
+		e.spill()
 	}
 	e.uvarint(uint64(len(p.Workloads)))
 	for _, w := range p.Workloads {
 		e.state(w)
+		e.spill()
 	}
-	if e.err != nil {
-		return e.err
-	}
-	return bw.Flush()
+	e.flush()
+	return e.err
 }
 
 type decoder struct {

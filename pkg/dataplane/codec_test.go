@@ -63,9 +63,9 @@ func TestCodecCoversModel(t *testing.T) {
 
 	// The workload encoding feeds hashWorkload: it must carry every field.
 	var b bytes.Buffer
-	e := &encoder{w: &b}
+	e := &encoder{}
 	e.workload(&wl)
-	d := &decoder{r: bufio.NewReader(bytes.NewReader(b.Bytes()))}
+	d := &decoder{r: bufio.NewReader(bytes.NewReader(e.b))}
 	if got := d.workload(); d.err != nil || !reflect.DeepEqual(got, &wl) {
 		t.Fatalf("workload round trip (%v):\n in %+v\nout %+v", d.err, wl, got)
 	}

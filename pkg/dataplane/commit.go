@@ -27,8 +27,8 @@ func (d *Dataplane) commit(p *plan) error {
 
 	// 1. enrolments.
 	levelsChanged := false
-	for uid, st := range p.wlUp {
-		cur := d.wls[uid]
+	for _, uid := range p.special {
+		st, cur := p.wlUp[uid], d.wls[uid]
 		if e := st.enrolment(); e.cgroup != 0 && (cur == nil || cur.enrolment().cgroup != e.cgroup) {
 			if err := maps[bpf.MapEnrolCg].Put(e.cgroup, bpf.Enrol{WorkloadId: st.id, Flags: d.enrolFlags(p, uid)}); err != nil {
 				return fmt.Errorf("enrolling cgroup %s: %w", e.cgPath, err)
@@ -55,10 +55,10 @@ func (d *Dataplane) commit(p *plan) error {
 	}
 
 	// 2. frontends that go away.
+	if err := deleteKeys(maps[bpf.MapFrontend], p.feDel); err != nil {
+		return fmt.Errorf("deleting frontends: %w", err)
+	}
 	for _, k := range p.feDel {
-		if err := maps[bpf.MapFrontend].Delete(&k); err != nil && !errors.Is(err, errNotExist) {
-			return fmt.Errorf("deleting frontend: %w", err)
-		}
 		delete(d.frontends, k)
 	}
 
@@ -95,15 +95,24 @@ func (d *Dataplane) commit(p *plan) error {
 	}
 
 	// 4. new frontends.
-	for _, k := range p.feAdd {
-		v := bpf.FrontendVal{SvcId: p.fe[k], Addr: k.Addr, Port: k.Port}
-		if err := maps[bpf.MapFrontend].Put(&k, &v); err != nil {
-			return fmt.Errorf("writing frontend: %w", err)
+	if len(p.feAdd) > 0 {
+		vals := make([]bpf.FrontendVal, len(p.feAdd))
+		for i, k := range p.feAdd {
+			vals[i] = bpf.FrontendVal{SvcId: p.fe[k], Addr: k.Addr, Port: k.Port}
 		}
-		d.frontends[k] = p.fe[k]
+		if err := putBatch(maps[bpf.MapFrontend], p.feAdd, vals); err != nil {
+			return fmt.Errorf("writing frontends: %w", err)
+		}
+		for i, k := range p.feAdd {
+			d.frontends[k] = vals[i].SvcId
+		}
 	}
 
 	// 5. workload bookkeeping; superseded enrolments.
+	if len(d.wls) == 0 && len(p.wlUp) > 1024 {
+		// The first full push: size the indexes once.
+		d.wls, d.wlByID = make(map[string]*wlState, len(p.wlUp)), make(map[uint32]*wlState, len(p.wlUp))
+	}
 	for uid := range p.wlDel {
 		cur := d.wls[uid]
 		if err := d.dropEnrolment(cur.enrolment(), enrolKey{}, &levelsChanged); err != nil {

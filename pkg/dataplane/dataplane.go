@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"reflect"
+	"runtime"
 	"sort"
 	"sync"
 	"time"
@@ -214,7 +215,8 @@ func (d *Dataplane) Apply(ctx context.Context, s *model.Snapshot) error {
 	if s == nil {
 		return &InvalidError{Object: "snapshot", Reason: "nil"}
 	}
-	ch := change{svcs: map[string]*model.Service{}, wls: map[string]*model.Workload{}, node: &s.Node, full: true}
+	ch := change{svcs: make(map[string]*model.Service, len(s.Services)), wls: make(map[string]*model.Workload, len(s.Workloads)),
+		node: &s.Node, full: true}
 	for i := range s.Services {
 		svc := &s.Services[i]
 		if _, dup := ch.svcs[svc.Key]; dup {
@@ -222,12 +224,14 @@ func (d *Dataplane) Apply(ctx context.Context, s *model.Snapshot) error {
 		}
 		ch.svcs[svc.Key] = svc
 	}
+	ch.wlList = make([]*model.Workload, len(s.Workloads))
 	for i := range s.Workloads {
 		wl := &s.Workloads[i]
 		if _, dup := ch.wls[wl.UID]; dup {
 			return &InvalidError{Object: wlObject(wl.UID), Reason: "listed twice in the snapshot"}
 		}
 		ch.wls[wl.UID] = wl
+		ch.wlList[i] = wl
 	}
 	return d.run(ctx, ch)
 }
@@ -257,8 +261,11 @@ func (d *Dataplane) SetNode(ctx context.Context, n model.Node) error {
 type change struct {
 	svcs map[string]*model.Service
 	wls  map[string]*model.Workload
-	node *model.Node
-	full bool
+	// wlList is wls's upserts in the caller's order (full snapshots), so a
+	// large push is walked in order rather than through the map.
+	wlList []*model.Workload
+	node   *model.Node
+	full   bool
 }
 
 func wlObject(uid string) string { return fmt.Sprintf("workload %q", uid) }
@@ -304,13 +311,16 @@ type plan struct {
 	node       model.Node
 	nodeChange bool
 	newSvcIDs  []string // keys assigned an id by this plan (released on failure)
-	takenIDs   map[uint32]bool
 
 	svcUp    map[string]*model.Service // final content of upserted services
 	svcDel   map[string]bool
 	wlUp     map[string]*wlState // new state of upserted workloads, by uid
 	wlUpByID map[uint32]*wlState
 	wlDel    map[string]bool
+	// special lists the upserted workloads that are (or were) enrolled here
+	// or have a waypoint: the few the enrolment and waypoint passes need to
+	// see, out of possibly 100k upserts.
+	special []string
 
 	renders map[string]rendered // services to (re)write
 	fe      map[bpf.FrontendKey]uint32
@@ -323,7 +333,12 @@ type plan struct {
 func (d *Dataplane) plan(ch change) (p *plan, err error) {
 	p = &plan{node: d.node, full: ch.full, svcUp: map[string]*model.Service{}, svcDel: map[string]bool{},
 		wlUp: map[string]*wlState{}, wlUpByID: map[uint32]*wlState{}, wlDel: map[string]bool{}, renders: map[string]rendered{},
-		members: map[string]map[uint32]struct{}{}, takenIDs: map[uint32]bool{}}
+		members: map[string]map[uint32]struct{}{}}
+	if n := len(ch.wls); n > 64 && len(d.wls) < n/2 {
+		// A large push of mostly new workloads: size the tables once
+		// instead of growing them step by step.
+		p.wlUp, p.wlUpByID = make(map[string]*wlState, n), make(map[uint32]*wlState, n)
+	}
 	assigned := p // ids assigned while planning go back if the plan fails
 	defer func() {
 		if err != nil {
@@ -372,15 +387,18 @@ func (d *Dataplane) plan(ch change) (p *plan, err error) {
 	for key := range p.svcUp {
 		touched[key] = true
 	}
-	for uid, wl := range ch.wls {
-		cur := d.wls[uid]
+	// Upserted workloads touch the services they leave and join; joins
+	// lists who joins each (collected here, while each state is fresh in
+	// the cache).
+	joins := map[string][]uint32{}
+	for _, it := range d.classify(ch) {
+		uid, wl, cur, h := it.uid, it.wl, it.cur, it.hash
 		if wl == nil {
 			if cur != nil {
 				p.wlDel[uid] = true
 			}
 			continue
 		}
-		h := hashWorkload(&d.scratch, wl)
 		if cur != nil && cur.hash == h {
 			continue
 		}
@@ -390,6 +408,18 @@ func (d *Dataplane) plan(ch change) (p *plan, err error) {
 		}
 		p.wlUp[uid] = st
 		p.wlUpByID[st.id] = st
+		if cur != nil {
+			for _, m := range cur.svcs {
+				touched[m.key] = true
+			}
+		}
+		if st.enrol != nil || st.wp != nil || (cur != nil && (cur.enrol != nil || cur.wp != nil)) {
+			p.special = append(p.special, uid)
+		}
+		for _, m := range st.svcs {
+			touched[m.key] = true
+			joins[m.key] = append(joins[m.key], st.id)
+		}
 	}
 	if ch.full {
 		for uid := range d.wls {
@@ -403,16 +433,6 @@ func (d *Dataplane) plan(ch change) (p *plan, err error) {
 			touched[m.key] = true
 		}
 	}
-	for uid, st := range p.wlUp {
-		if cur := d.wls[uid]; cur != nil {
-			for _, m := range cur.svcs {
-				touched[m.key] = true
-			}
-		}
-		for _, m := range st.svcs {
-			touched[m.key] = true
-		}
-	}
 	if p.nodeChange {
 		for key, s := range d.svcs {
 			if s.svc.LB.Locality != model.LocalityNone {
@@ -423,12 +443,6 @@ func (d *Dataplane) plan(ch change) (p *plan, err error) {
 
 	// Membership of touched services in the new view: the current members
 	// that stay, plus the upserted workloads that name the service.
-	joins := map[string][]uint32{}
-	for _, st := range p.wlUp {
-		for _, m := range st.svcs {
-			joins[m.key] = append(joins[m.key], st.id)
-		}
-	}
 	for key := range touched {
 		set := make(map[uint32]struct{}, len(d.members[key])+len(joins[key]))
 		for id := range d.members[key] {
@@ -473,6 +487,58 @@ func (d *Dataplane) plan(ch change) (p *plan, err error) {
 		return nil, err
 	}
 	return p, nil
+}
+
+// wlItem is one workload of a change with its current state and content
+// hash (wl nil: a delete).
+type wlItem struct {
+	uid  string
+	wl   *model.Workload
+	cur  *wlState
+	hash uint64
+}
+
+// classify pairs each workload of ch with its current state and hashes it.
+// Hashing reads every field of every workload of the caller's model, which
+// is dominated by memory latency; a large push is hashed on all CPUs (plan
+// only reads the dataplane's maps, so the workers share them safely).
+func (d *Dataplane) classify(ch change) []wlItem {
+	items := make([]wlItem, 0, len(ch.wls))
+	if ch.wlList != nil {
+		for _, wl := range ch.wlList {
+			items = append(items, wlItem{uid: wl.UID, wl: wl})
+		}
+	} else {
+		for uid, wl := range ch.wls {
+			items = append(items, wlItem{uid: uid, wl: wl})
+		}
+	}
+	work := func(part []wlItem, scratch *sink) {
+		for i := range part {
+			it := &part[i]
+			it.cur = d.wls[it.uid]
+			if it.wl != nil {
+				it.hash = hashWorkload(scratch, it.wl)
+			}
+		}
+	}
+	n := runtime.GOMAXPROCS(0)
+	if len(items) < 4096 || n < 2 {
+		work(items, &d.scratch)
+		return items
+	}
+	var wg sync.WaitGroup
+	chunk := (len(items) + n - 1) / n
+	for start := 0; start < len(items); start += chunk {
+		part := items[start:min(start+chunk, len(items))]
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			work(part, &sink{})
+		}()
+	}
+	wg.Wait()
+	return items
 }
 
 // planFrontends computes km_frontend's next content and the difference.
@@ -626,24 +692,31 @@ func (d *Dataplane) checkCapacity(p *plan) error {
 			ns = append(ns, delta{key: uid, wl: true, n: -1})
 		}
 	}
-	for uid, st := range p.wlUp {
+	for _, uid := range p.special {
+		st := p.wlUp[uid]
 		c, n := 0, 0
-		if cur := d.wls[uid]; cur != nil {
-			if cur.enrolment().cgroup != 0 {
+		if cur := d.wls[uid]; cur != nil && cur.enrol != nil {
+			if cur.enrol.cgroup != 0 {
 				c--
 			}
-			if cur.enrolment().netns != 0 {
+			if cur.enrol.netns != 0 {
 				n--
 			}
 		}
-		if st.enrolment().cgroup != 0 {
-			c++
+		if st.enrol != nil {
+			if st.enrol.cgroup != 0 {
+				c++
+			}
+			if st.enrol.netns != 0 {
+				n++
+			}
 		}
-		if st.enrolment().netns != 0 {
-			n++
+		if c != 0 {
+			cg = append(cg, delta{key: uid, wl: true, n: c})
 		}
-		cg = append(cg, delta{key: uid, wl: true, n: c})
-		ns = append(ns, delta{key: uid, wl: true, n: n})
+		if n != 0 {
+			ns = append(ns, delta{key: uid, wl: true, n: n})
+		}
 	}
 	if obj := firstOver(len(d.enrolCg), capEnrol, cg); obj != "" {
 		return &CapacityError{Map: bpf.MapEnrolCg, Limit: capEnrol, What: "the cgroup enrolment of " + obj}

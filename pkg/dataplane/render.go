@@ -28,7 +28,7 @@ type member struct {
 	id       uint32 // workload id
 	ep       endpoint
 	weight   uint32
-	locality model.Locality
+	locality *model.Locality      // interned, shared: read only
 	ports    []model.WorkloadPort // overrides for this service
 }
 
@@ -132,11 +132,11 @@ func scopeValue(l model.Locality, s model.LocalityScope) (string, bool) {
 // tierOf is the workload's priority tier: the number of routing-preference
 // scopes left after the leading ones it shares with the node (0 = matches
 // all; Istio/Kmesh semantics).
-func tierOf(wl, node model.Locality, pref []model.LocalityScope) int {
+func tierOf(wl, node *model.Locality, pref []model.LocalityScope) int {
 	match := 0
 	for _, s := range pref {
-		a, _ := scopeValue(wl, s)
-		b, _ := scopeValue(node, s)
+		a, _ := scopeValue(*wl, s)
+		b, _ := scopeValue(*node, s)
 		if a != b {
 			break
 		}
@@ -180,7 +180,7 @@ func render(s *model.Service, members []member, node model.Node) (rendered, erro
 	for _, m := range members {
 		tier := 0
 		if loc != bpf.LocNone {
-			tier = tierOf(m.locality, node.Locality, s.LB.RoutingPreference)
+			tier = tierOf(m.locality, &node.Locality, s.LB.RoutingPreference)
 		}
 		w := uint32(1)
 		if alg == bpf.AlgWeighted && m.weight > 0 {

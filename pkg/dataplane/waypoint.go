@@ -133,11 +133,18 @@ func validateWaypoint(obj, self string, w *model.WaypointRef) error {
 // nothing.
 func (d *Dataplane) planWaypoints(p *plan) error {
 	for key, s := range p.svcUp {
+		if s.Waypoint == nil {
+			continue
+		}
 		if err := validateWaypoint(svcObject(key), key, s.Waypoint); err != nil {
 			return err
 		}
 	}
-	for uid, st := range p.wlUp {
+	for _, uid := range p.special {
+		st := p.wlUp[uid]
+		if st.wp == nil {
+			continue
+		}
 		if err := validateWaypoint(wlObject(uid), "", st.wp); err != nil {
 			return err
 		}
@@ -160,7 +167,8 @@ func (d *Dataplane) planWaypoints(p *plan) error {
 	for k := range d.wp.wls {
 		wls[k] = true
 	}
-	for k, st := range p.wlUp {
+	for _, k := range p.special { // other upserts have and had no waypoint
+		st := p.wlUp[k]
 		if st.wp != nil {
 			wls[k] = true
 		} else {

@@ -2,8 +2,6 @@ package dataplane
 
 import (
 	"fmt"
-	"hash/fnv"
-	"io"
 	"sort"
 
 	"github.com/kmesh-go/kmesh/pkg/bpf"
@@ -53,29 +51,39 @@ func (w *wlState) overrides(key string) []model.WorkloadPort {
 }
 
 // hashWorkload identifies a workload's content; equal hashes mean an
-// unchanged workload. It hashes the state file encoding (codec.go), which
-// covers every field. buf is scratch space reused across calls.
+// unchanged workload. It is FNV-1a (64) of the state file encoding
+// (codec.go), which covers every field; the value is persisted in the state
+// file, so it must not change between builds. buf is scratch space reused
+// across calls.
 func hashWorkload(buf *sink, wl *model.Workload) uint64 {
-	buf.b = buf.b[:0]
-	e := encoder{w: buf}
+	e := encoder{b: buf.b[:0]}
 	e.workload(wl)
-	h := fnv.New64a()
-	h.Write(buf.b)
-	return h.Sum64()
+	buf.b = e.b
+	return fnv64a(e.b)
 }
 
-// sink is an in-memory io.Writer and io.StringWriter (no copies of strings).
+// fnv64a is hash/fnv's New64a over b, without the interface calls.
+func fnv64a(b []byte) uint64 {
+	h := uint64(14695981039346656037)
+	for _, c := range b {
+		h ^= uint64(c)
+		h *= 1099511628211
+	}
+	return h
+}
+
+// fnv32a is hash/fnv's New32a over s.
+func fnv32a(s string) uint32 {
+	h := uint32(2166136261)
+	for i := 0; i < len(s); i++ {
+		h ^= uint32(s[i])
+		h *= 16777619
+	}
+	return h
+}
+
+// sink is scratch space for hashWorkload.
 type sink struct{ b []byte }
-
-func (s *sink) Write(p []byte) (int, error) {
-	s.b = append(s.b, p...)
-	return len(p), nil
-}
-
-func (s *sink) WriteString(v string) (int, error) {
-	s.b = append(s.b, v...)
-	return len(v), nil
-}
 
 // interning: service keys of memberships and localities are shared.
 func (d *Dataplane) internKey(k string) string {
@@ -96,21 +104,19 @@ func (d *Dataplane) internLoc(l model.Locality) *model.Locality {
 }
 
 // workloadID returns uid's id, assigning one when new: FNV-1a of the uid
-// with linear probing, skipping ids in use and ids taken by this plan.
+// with linear probing, skipping ids in use and ids taken by this plan
+// (p.wlUpByID: the caller records each id there before asking again).
 func (d *Dataplane) workloadID(p *plan, uid string) (uint32, bool) {
 	if w := d.wls[uid]; w != nil {
 		return w.id, true
 	}
-	h := fnv.New32a()
-	io.WriteString(h, uid)
 	n := uint32(wlIDLimit - 1)
-	start := h.Sum32() % n
+	start := fnv32a(uid) % n
 	for i := uint32(0); i < n; i++ {
 		id := (start+i)%n + 1
-		if d.wlByID[id] != nil || p.takenIDs[id] {
-			continue
+		if d.wlByID[id] != nil || p.wlUpByID[id] != nil {
+			continue // in use, or taken by this plan
 		}
-		p.takenIDs[id] = true
 		return id, true
 	}
 	return 0, false
@@ -208,7 +214,7 @@ func (d *Dataplane) membersOf(p *plan, key string) []member {
 		if st == nil || !st.healthy || !st.ep.usable() {
 			continue
 		}
-		out = append(out, member{id: id, ep: st.ep, weight: st.weight, locality: *st.loc, ports: st.overrides(key)})
+		out = append(out, member{id: id, ep: st.ep, weight: st.weight, locality: st.loc, ports: st.overrides(key)})
 	}
 	return out
 }
