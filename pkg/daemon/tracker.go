@@ -14,10 +14,14 @@ import (
 )
 
 // tracker sits between the configuration source and the dataplane. It
-// forwards every call unchanged and, when a call succeeds, mirrors what is now
-// applied: that is the config dump, the readiness signal (the first full sync
-// applied) and the names telemetry labels are made of. The dataplane's calls
-// are all-or-nothing, so a failed call leaves the mirror as it was.
+// forwards every call unchanged and counts them; the first full sync applied
+// is the readiness signal. What is applied (the config dump, the names
+// telemetry labels are made of) is read back from the dataplane in
+// dual-engine mode: its workload state is the daemon's only copy of the
+// model, since a second one here would double the daemon's memory for a
+// large mesh. In kernel-native mode the engine keeps only local enrolments,
+// so the tracker mirrors what each successful call applied. The calls are
+// all-or-nothing, so a failed call leaves what is reported as it was.
 type tracker struct {
 	dp *dataplane.Dataplane
 	// api receives the calls: dp, or in kernel-native mode the engine
@@ -25,11 +29,11 @@ type tracker struct {
 	api dataplane.API
 
 	mu        sync.RWMutex
-	node      model.Node
-	services  map[string]model.Service
-	workloads map[string]model.Workload
-	byAddr    map[netip.Addr]string // workload address -> uid
 	version   string
+	node      model.Node               // mirror (kernel-native mode only)
+	services  map[string]model.Service // mirror
+	workloads map[string]model.Workload
+	byAddr    map[netip.Addr]string // workload address -> uid (mirror)
 	synced    atomic.Bool
 	applies   atomic.Uint64
 	rejects   atomic.Uint64
@@ -39,6 +43,10 @@ func newTracker(dp *dataplane.Dataplane) *tracker {
 	return &tracker{dp: dp, api: dp, services: map[string]model.Service{}, workloads: map[string]model.Workload{},
 		byAddr: map[netip.Addr]string{}}
 }
+
+// mirrors is true when the calls go elsewhere than the dataplane, which
+// then cannot report them (kernel-native mode).
+func (t *tracker) mirrors() bool { return t.api != dataplane.API(t.dp) }
 
 var _ dataplane.API = (*tracker)(nil)
 
@@ -56,7 +64,13 @@ func (t *tracker) Apply(ctx context.Context, s *model.Snapshot) error {
 		return err
 	}
 	t.mu.Lock()
-	t.node, t.version = s.Node, s.Version
+	t.version = s.Version
+	if !t.mirrors() {
+		t.mu.Unlock()
+		t.synced.Store(true)
+		return nil
+	}
+	t.node = s.Node
 	t.services = make(map[string]model.Service, len(s.Services))
 	for _, svc := range s.Services {
 		t.services[svc.Key] = svc
@@ -75,6 +89,9 @@ func (t *tracker) UpsertService(ctx context.Context, svc model.Service) error {
 	if err := t.done(t.api.UpsertService(ctx, svc)); err != nil {
 		return err
 	}
+	if !t.mirrors() {
+		return nil
+	}
 	t.mu.Lock()
 	t.services[svc.Key] = svc
 	t.mu.Unlock()
@@ -85,6 +102,9 @@ func (t *tracker) DeleteService(ctx context.Context, key string) error {
 	if err := t.done(t.api.DeleteService(ctx, key)); err != nil {
 		return err
 	}
+	if !t.mirrors() {
+		return nil
+	}
 	t.mu.Lock()
 	delete(t.services, key)
 	t.mu.Unlock()
@@ -94,6 +114,9 @@ func (t *tracker) DeleteService(ctx context.Context, key string) error {
 func (t *tracker) UpsertWorkload(ctx context.Context, wl model.Workload) error {
 	if err := t.done(t.api.UpsertWorkload(ctx, wl)); err != nil {
 		return err
+	}
+	if !t.mirrors() {
+		return nil
 	}
 	t.mu.Lock()
 	t.removeWorkloadLocked(wl.UID)
@@ -106,6 +129,9 @@ func (t *tracker) DeleteWorkload(ctx context.Context, uid string) error {
 	if err := t.done(t.api.DeleteWorkload(ctx, uid)); err != nil {
 		return err
 	}
+	if !t.mirrors() {
+		return nil
+	}
 	t.mu.Lock()
 	t.removeWorkloadLocked(uid)
 	t.mu.Unlock()
@@ -115,6 +141,9 @@ func (t *tracker) DeleteWorkload(ctx context.Context, uid string) error {
 func (t *tracker) SetNode(ctx context.Context, n model.Node) error {
 	if err := t.done(t.api.SetNode(ctx, n)); err != nil {
 		return err
+	}
+	if !t.mirrors() {
+		return nil
 	}
 	t.mu.Lock()
 	t.node = n
@@ -155,6 +184,13 @@ func (t *tracker) ready() error {
 
 // snapshot is the applied model, sorted for stable dumps.
 func (t *tracker) snapshot() *model.Snapshot {
+	if !t.mirrors() {
+		s := t.dp.Snapshot()
+		t.mu.RLock()
+		s.Version = t.version
+		t.mu.RUnlock()
+		return s
+	}
 	t.mu.RLock()
 	defer t.mu.RUnlock()
 	s := &model.Snapshot{Version: t.version, Node: t.node,
@@ -172,6 +208,13 @@ func (t *tracker) snapshot() *model.Snapshot {
 
 // Names for telemetry labels.
 
+func workloadInfo(uid, name, namespace string) telemetry.WorkloadInfo {
+	if name == "" {
+		name = uid
+	}
+	return telemetry.WorkloadInfo{Name: name, Namespace: orUnknown(namespace), UID: uid}
+}
+
 func (t *tracker) workloadInfo(uid string) (telemetry.WorkloadInfo, bool) {
 	t.mu.RLock()
 	wl, ok := t.workloads[uid]
@@ -179,14 +222,14 @@ func (t *tracker) workloadInfo(uid string) (telemetry.WorkloadInfo, bool) {
 	if !ok {
 		return telemetry.WorkloadInfo{}, false
 	}
-	name := wl.Name
-	if name == "" {
-		name = wl.UID
-	}
-	return telemetry.WorkloadInfo{Name: name, Namespace: orUnknown(wl.Namespace), UID: wl.UID}, true
+	return workloadInfo(wl.UID, wl.Name, wl.Namespace), true
 }
 
 func (t *tracker) WorkloadByID(id uint32) (telemetry.WorkloadInfo, bool) {
+	if !t.mirrors() {
+		w, ok := t.dp.WorkloadByID(id)
+		return workloadInfo(w.UID, w.Name, w.Namespace), ok
+	}
 	uid, ok := t.dp.WorkloadUID(id)
 	if !ok {
 		return telemetry.WorkloadInfo{}, false
@@ -195,6 +238,10 @@ func (t *tracker) WorkloadByID(id uint32) (telemetry.WorkloadInfo, bool) {
 }
 
 func (t *tracker) WorkloadByAddr(a netip.Addr) (telemetry.WorkloadInfo, bool) {
+	if !t.mirrors() {
+		w, ok := t.dp.WorkloadByAddr(a)
+		return workloadInfo(w.UID, w.Name, w.Namespace), ok
+	}
 	t.mu.RLock()
 	uid, ok := t.byAddr[a.Unmap()]
 	t.mu.RUnlock()
@@ -205,6 +252,10 @@ func (t *tracker) WorkloadByAddr(a netip.Addr) (telemetry.WorkloadInfo, bool) {
 }
 
 func (t *tracker) ServiceByID(id uint32) (telemetry.ServiceInfo, bool) {
+	if !t.mirrors() {
+		svc, ok := t.dp.ServiceByID(id)
+		return serviceInfo(svc), ok
+	}
 	key, ok := t.dp.ServiceKey(id)
 	if !ok {
 		return telemetry.ServiceInfo{}, false
@@ -219,6 +270,10 @@ func (t *tracker) ServiceByID(id uint32) (telemetry.ServiceInfo, bool) {
 }
 
 func (t *tracker) ServiceByAddr(a netip.AddrPort) (telemetry.ServiceInfo, bool) {
+	if !t.mirrors() {
+		svc, ok := t.dp.ServiceByAddr(a)
+		return serviceInfo(svc), ok
+	}
 	t.mu.RLock()
 	defer t.mu.RUnlock()
 	for _, svc := range t.services {

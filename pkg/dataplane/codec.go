@@ -193,6 +193,14 @@ func (e *encoder) state(w *wlState) {
 	e.str(k.cgPath)
 	e.str(k.nsPath)
 	e.waypoint(w.wp)
+	// format 3
+	e.str(w.name)
+	e.str(w.namespace)
+	e.str(k.cgGiven)
+	e.boolean(w.addrs != nil)
+	if w.addrs != nil {
+		e.addrs(*w.addrs)
+	}
 }
 
 // encodeState writes p (format stateFormat).
@@ -322,7 +330,7 @@ func (d *decoder) u32() uint32 {
 	return uint32(v)
 }
 
-func (d *decoder) state() *wlState {
+func (d *decoder) state(format int) *wlState {
 	w := &wlState{uid: d.str(), id: d.u32(), hash: d.uvarint()}
 	for fam := range w.ep.has {
 		w.ep.has[fam] = d.boolean()
@@ -349,10 +357,25 @@ func (d *decoder) state() *wlState {
 			w.svcs[i] = m
 		}
 	}
-	if k := (enrolKey{present: d.boolean(), cgroup: d.uvarint(), level: int(d.uvarint()), netns: d.uvarint(), cgPath: d.str(), nsPath: d.str()}); k.present {
+	k := enrolKey{present: d.boolean(), cgroup: d.uvarint(), level: int(d.uvarint()), netns: d.uvarint(), cgPath: d.str(), nsPath: d.str()}
+	w.wp = d.waypoint()
+	if format >= 3 {
+		w.name, w.namespace, k.cgGiven = d.str(), d.str(), d.str()
+		if d.boolean() {
+			a := d.addrs()
+			w.addrs = &a
+		}
+	} else {
+		// Format 2 did not keep names and the address list: zero the hash
+		// so the next full sync plans the workload again and fills them.
+		w.hash = 0
+		if k.cgroup != 0 {
+			k.cgGiven = k.cgPath
+		}
+	}
+	if k.present {
 		w.enrol = &k
 	}
-	w.wp = d.waypoint()
 	return w
 }
 
@@ -390,7 +413,7 @@ func decodeState(r io.Reader) (*persisted, error) {
 		return nil, errors.New("not a dataplane state file")
 	}
 	p := &persisted{Format: int(d.uvarint())}
-	if p.Format != stateFormat {
+	if p.Format != stateFormat && p.Format != 2 {
 		return nil, fmt.Errorf("unknown state format %d", p.Format)
 	}
 	p.Node = model.Node{Name: d.str(), Locality: d.locality()}
@@ -398,7 +421,7 @@ func decodeState(r io.Reader) (*persisted, error) {
 		p.Services = append(p.Services, persistedSvc{ID: uint32(d.uvarint()), Service: d.service()})
 	}
 	for n := d.count(1 << 26); n > 0 && d.err == nil; n-- {
-		p.Workloads = append(p.Workloads, d.state())
+		p.Workloads = append(p.Workloads, d.state(p.Format))
 	}
 	if d.err != nil {
 		return nil, fmt.Errorf("corrupt state: %w", d.err)

@@ -80,7 +80,8 @@ func TestCodecCoversModel(t *testing.T) {
 	st := &wlState{uid: "u", id: 5, hash: 77, weight: 3, healthy: true, loc: &loc,
 		ep:    endpoint{addr: [2][4]uint32{{1, 2, 3, 4}, {5, 6, 7, 8}}, has: [2]bool{true, true}, local: true},
 		svcs:  []membership{{key: "a"}, {key: "b", ports: []model.WorkloadPort{{ServicePort: 80, TargetPort: 8080}}}, {key: "c", ports: []model.WorkloadPort{}}},
-		enrol: &enrolKey{present: true, cgroup: 99, level: 2, netns: 4096, cgPath: "/x", nsPath: "/y"}}
+		enrol: &enrolKey{present: true, cgroup: 99, level: 2, netns: 4096, cgPath: "/x", nsPath: "/y", cgGiven: "x"},
+		name:  "n", namespace: "ns", addrs: &[]netip.Addr{netip.MustParseAddr("fd00::1"), netip.MustParseAddr("10.0.0.1")}}
 	in := &persisted{Format: stateFormat, Node: node,
 		Services:  []persistedSvc{{ID: 3, Service: &svc}, {ID: 4, Service: &model.Service{Key: "empty"}}},
 		Workloads: []*wlState{st, {uid: "bare", id: 6, loc: &model.Locality{}}}}
@@ -111,4 +112,50 @@ func FuzzDecodeState(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
 		decodeState(bytes.NewReader(data)) // must not panic or allocate without bound
 	})
+}
+
+// TestWorkloadModelRoundTrip: the dataplane's state of a workload is the
+// daemon's only copy of it (config dump, telemetry names), so it must give
+// back exactly the workload applied, also after a restart (state file).
+func TestWorkloadModelRoundTrip(t *testing.T) {
+	var full model.Workload
+	fill(reflect.ValueOf(&full).Elem(), 4)
+	full.Enrolment = nil // resolving one needs a real cgroup or netns (host tier)
+	plain := model.Workload{UID: "u1", Healthy: true, Addresses: []netip.Addr{netip.MustParseAddr("10.0.0.7"), netip.MustParseAddr("fd00::7")},
+		Services: map[string][]model.WorkloadPort{"a": nil, "b": {}}}
+	mapped := model.Workload{UID: "u2", Addresses: []netip.Addr{netip.MustParseAddr("::ffff:10.0.0.8")}}
+	v6first := model.Workload{UID: "u3", Addresses: []netip.Addr{netip.MustParseAddr("fd00::9"), netip.MustParseAddr("10.0.0.9")}}
+	d := &Dataplane{wls: map[string]*wlState{}, wlByID: map[uint32]*wlState{}, keys: map[string]string{},
+		locs: map[model.Locality]*model.Locality{}, enrolCg: map[uint64]uint32{}, enrolNs: map[uint64]uint32{}}
+	p := &plan{wlUpByID: map[uint32]*wlState{}}
+	var scratch sink
+	var states []*wlState
+	for _, wl := range []model.Workload{full, plain, mapped, v6first} {
+		h := hashWorkload(&scratch, &wl)
+		st, err := d.planWorkload(p, &wl, h)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.wlUpByID[st.id] = st
+		if got := st.model(); !reflect.DeepEqual(got, wl) || hashWorkload(&scratch, &got) != h {
+			t.Fatalf("model of the state differs:\n in %+v\nout %+v", wl, got)
+		}
+		states = append(states, st)
+	}
+	if states[1].addrs != nil {
+		t.Error("an IPv4+IPv6 workload keeps a copy of its address list")
+	}
+	var b bytes.Buffer
+	if err := encodeState(&b, &persisted{Format: stateFormat, Workloads: states}); err != nil {
+		t.Fatal(err)
+	}
+	out, err := decodeState(bytes.NewReader(b.Bytes()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, st := range out.Workloads {
+		if got, want := st.model(), states[i].model(); !reflect.DeepEqual(got, want) || st.hash != states[i].hash {
+			t.Fatalf("model after the state file differs:\n in %+v\nout %+v", want, got)
+		}
+	}
 }

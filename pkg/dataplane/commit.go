@@ -112,6 +112,7 @@ func (d *Dataplane) commit(p *plan) error {
 	if len(d.wls) == 0 && len(p.wlUp) > 1024 {
 		// The first full push: size the indexes once.
 		d.wls, d.wlByID = make(map[string]*wlState, len(p.wlUp)), make(map[uint32]*wlState, len(p.wlUp))
+		d.addrIndex.v4 = make(map[uint32]uint32, len(p.wlUp))
 	}
 	for uid := range p.wlDel {
 		cur := d.wls[uid]

@@ -17,8 +17,9 @@ type enrolKey struct {
 	cgroup  uint64
 	level   int
 	netns   uint64
-	cgPath  string
+	cgPath  string // resolved, absolute
 	nsPath  string
+	cgGiven string // the cgroup path as given (model.Enrolment.CgroupPath)
 	present bool
 }
 

@@ -22,7 +22,7 @@ import (
 // stay authoritative (see adopt) and a full Apply converges everything.
 const (
 	stateFile     = "dataplane.state"
-	stateFormat   = 2 // 2: waypoint server-first policy, workload waypoints
+	stateFormat   = 3 // 2: waypoint server-first policy, workload waypoints; 3: names, address lists, enrolment as given (read: 2, 3)
 	stateDebounce = 300 * time.Millisecond
 )
 

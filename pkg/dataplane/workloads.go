@@ -2,7 +2,10 @@ package dataplane
 
 import (
 	"fmt"
+	"net/netip"
+	"slices"
 	"sort"
+	"strings"
 
 	"github.com/kmesh-go/kmesh/pkg/bpf"
 	"github.com/kmesh-go/kmesh/pkg/model"
@@ -14,17 +17,75 @@ import (
 // (maps per workload, six locality strings...) would cost several times that.
 // A wlState is immutable once installed (updates replace it), so the state
 // writer can read it without locks.
+//
+// It is also the daemon's only copy of the workload: with name, namespace,
+// and the address list when ep does not already say it, it gives back the
+// model value exactly (model(): the config dump, telemetry names).
 type wlState struct {
-	uid     string
-	id      uint32
-	hash    uint64 // of the workload as given (change detection)
-	ep      endpoint
-	weight  uint32
-	healthy bool
-	loc     *model.Locality    // interned
-	svcs    []membership       // sorted by key
-	enrol   *enrolKey          // nil unless enrolled on this node (few are)
-	wp      *model.WaypointRef // nil unless the workload has a waypoint (few do)
+	uid       string
+	name      string
+	namespace string
+	id        uint32
+	hash      uint64 // of the workload as given (change detection)
+	ep        endpoint
+	weight    uint32
+	healthy   bool
+	loc       *model.Locality    // interned
+	svcs      []membership       // sorted by key
+	enrol     *enrolKey          // nil unless enrolled on this node (few are)
+	wp        *model.WaypointRef // nil unless the workload has a waypoint (few do)
+	addrs     *[]netip.Addr      // the addresses as given, when epAddrs() differs (rare)
+}
+
+// epAddrs is the address list ep stands for: IPv4, then IPv6.
+func (w *wlState) epAddrs() []netip.Addr {
+	var out []netip.Addr
+	for fam, has := range w.ep.has {
+		if has {
+			out = append(out, addrFrom16(w.ep.addr[fam]))
+		}
+	}
+	return out
+}
+
+// epSays reports whether as is exactly epAddrs() (the common case: one
+// IPv4 address, or IPv4 then IPv6), without building it.
+func (w *wlState) epSays(as []netip.Addr) bool {
+	i := 0
+	for fam, has := range w.ep.has {
+		if !has {
+			continue
+		}
+		if i >= len(as) || as[i] != addrFrom16(w.ep.addr[fam]) {
+			return false
+		}
+		i++
+	}
+	return i == len(as)
+}
+
+// model is the workload as it was given.
+func (w *wlState) model() model.Workload {
+	m := model.Workload{UID: w.uid, Name: w.name, Namespace: w.namespace, Locality: *w.loc, Weight: w.weight, Healthy: w.healthy}
+	if w.addrs != nil {
+		m.Addresses = slices.Clone(*w.addrs)
+	} else {
+		m.Addresses = w.epAddrs()
+	}
+	if len(w.svcs) > 0 {
+		m.Services = make(map[string][]model.WorkloadPort, len(w.svcs))
+		for _, ms := range w.svcs {
+			m.Services[ms.key] = slices.Clone(ms.ports)
+		}
+	}
+	if w.wp != nil {
+		ref := *w.wp
+		m.Waypoint = &ref
+	}
+	if w.enrol != nil {
+		m.Enrolment = &model.Enrolment{CgroupPath: w.enrol.cgGiven, NetnsPath: w.enrol.nsPath}
+	}
+	return m
 }
 
 func (w *wlState) enrolment() enrolKey {
@@ -90,6 +151,7 @@ func (d *Dataplane) internKey(k string) string {
 	if s, ok := d.keys[k]; ok {
 		return s
 	}
+	k = strings.Clone(k)
 	d.keys[k] = k
 	return k
 }
@@ -98,6 +160,8 @@ func (d *Dataplane) internLoc(l model.Locality) *model.Locality {
 	if p, ok := d.locs[l]; ok {
 		return p
 	}
+	l = model.Locality{Region: strings.Clone(l.Region), Zone: strings.Clone(l.Zone), Subzone: strings.Clone(l.Subzone),
+		Node: strings.Clone(l.Node), Cluster: strings.Clone(l.Cluster), Network: strings.Clone(l.Network)}
 	p := &l
 	d.locs[l] = p
 	return p
@@ -135,27 +199,35 @@ func (d *Dataplane) planWorkload(p *plan, wl *model.Workload, hash uint64) (*wlS
 	if err != nil {
 		return nil, err
 	}
-	st := &wlState{uid: wl.UID, id: id, hash: hash, ep: ep, weight: wl.Weight, healthy: wl.Healthy, loc: d.internLoc(wl.Locality)}
+	// Strings are copied: the state outlives the caller's model, whose
+	// memory (a decoded push) is then freed whole instead of kept alive
+	// by a few strings in each of its pages.
+	st := &wlState{uid: strings.Clone(wl.UID), name: strings.Clone(wl.Name), namespace: strings.Clone(wl.Namespace),
+		id: id, hash: hash, ep: ep, weight: wl.Weight, healthy: wl.Healthy, loc: d.internLoc(wl.Locality)}
+	if !st.epSays(wl.Addresses) {
+		a := slices.Clone(wl.Addresses)
+		st.addrs = &a
+	}
 	if wl.Waypoint != nil {
 		ref := *wl.Waypoint
+		ref.Service = d.internKey(ref.Service)
 		st.wp = &ref
 	}
 	if len(wl.Services) > 0 {
 		st.svcs = make([]membership, 0, len(wl.Services))
 		for key, ports := range wl.Services {
-			if ports != nil {
-				ports = append([]model.WorkloadPort(nil), ports...)
-			}
-			st.svcs = append(st.svcs, membership{key: d.internKey(key), ports: ports})
+			st.svcs = append(st.svcs, membership{key: d.internKey(key), ports: slices.Clone(ports)})
 		}
-		sort.Slice(st.svcs, func(i, j int) bool { return st.svcs[i].key < st.svcs[j].key })
+		if len(st.svcs) > 1 {
+			sort.Slice(st.svcs, func(i, j int) bool { return st.svcs[i].key < st.svcs[j].key })
+		}
 	}
 	if e := wl.Enrolment; e != nil {
 		obj := wlObject(wl.UID)
 		if e.CgroupPath == "" && e.NetnsPath == "" {
 			return nil, &InvalidError{Object: obj, Reason: "enrolment names neither a cgroup nor a netns"}
 		}
-		st.enrol = &enrolKey{present: true}
+		st.enrol = &enrolKey{present: true, cgGiven: e.CgroupPath}
 		if e.CgroupPath != "" {
 			cg, level, abs, err := resolveCgroup(d.cgroupMount, e.CgroupPath)
 			if err != nil {
@@ -234,12 +306,17 @@ func (d *Dataplane) installWorkload(cur, st *wlState) {
 	}
 	d.wls[st.uid] = st
 	d.wlByID[st.id] = st
+	if cur != nil {
+		d.addrIndex.index(cur, true)
+	}
+	d.addrIndex.index(st, false)
 }
 
 func (d *Dataplane) removeWorkload(cur *wlState) {
 	d.dropMemberships(cur)
 	delete(d.wls, cur.uid)
 	delete(d.wlByID, cur.id)
+	d.addrIndex.index(cur, true)
 }
 
 func (d *Dataplane) dropMemberships(w *wlState) {

@@ -1,0 +1,154 @@
+package dataplane
+
+import (
+	"encoding/binary"
+	"net/netip"
+	"sort"
+
+	"github.com/kmesh-go/kmesh/pkg/bpf"
+	"github.com/kmesh-go/kmesh/pkg/model"
+)
+
+// The dataplane keeps the only copy of the applied model in the daemon (a
+// node may carry 100k workloads): these read it back, for the config dump
+// and for telemetry's names. Like every call they wait for an update in
+// progress.
+
+// WorkloadName names a workload in telemetry.
+type WorkloadName struct {
+	UID, Name, Namespace string
+}
+
+func (w *wlState) names() WorkloadName {
+	return WorkloadName{UID: w.uid, Name: w.name, Namespace: w.namespace}
+}
+
+// WorkloadByID names the workload behind a workload id of the maps.
+func (d *Dataplane) WorkloadByID(id uint32) (WorkloadName, bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if w := d.wlByID[id]; w != nil {
+		return w.names(), true
+	}
+	return WorkloadName{}, false
+}
+
+// WorkloadByAddr names the workload with address a (any of its addresses).
+func (d *Dataplane) WorkloadByAddr(a netip.Addr) (WorkloadName, bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	id, ok := d.addrIndex.lookup(a)
+	if !ok {
+		return WorkloadName{}, false
+	}
+	if w := d.wlByID[id]; w != nil {
+		return w.names(), true
+	}
+	return WorkloadName{}, false
+}
+
+// ServiceByID returns the service behind a service id of the maps. The value
+// shares its slices with the dataplane: read only.
+func (d *Dataplane) ServiceByID(id uint32) (model.Service, bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	key, ok := d.svcIDs.key(id)
+	if !ok {
+		return model.Service{}, false
+	}
+	if s := d.svcs[key]; s != nil && s.svc != nil {
+		return *s.svc, true
+	}
+	return model.Service{}, false
+}
+
+// ServiceByAddr returns the service with VIP:port a (read only, as
+// ServiceByID).
+func (d *Dataplane) ServiceByAddr(a netip.AddrPort) (model.Service, bool) {
+	d.mu.Lock()
+	id, ok := d.frontends[bpf.FrontendKey{Addr: addr16(a.Addr().Unmap()), Port: htons(a.Port()), Proto: 6}]
+	d.mu.Unlock()
+	if !ok {
+		return model.Service{}, false
+	}
+	return d.ServiceByID(id)
+}
+
+// Snapshot returns the applied model (services and workloads sorted by key;
+// Version is the caller's).
+func (d *Dataplane) Snapshot() *model.Snapshot {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	s := &model.Snapshot{Node: d.node, Services: make([]model.Service, 0, len(d.svcs)), Workloads: make([]model.Workload, 0, len(d.wls))}
+	for _, sv := range d.svcs {
+		if sv.svc != nil {
+			s.Services = append(s.Services, *copyService(sv.svc))
+		}
+	}
+	for _, w := range d.wls {
+		s.Workloads = append(s.Workloads, w.model())
+	}
+	sort.Slice(s.Services, func(i, j int) bool { return s.Services[i].Key < s.Services[j].Key })
+	sort.Slice(s.Workloads, func(i, j int) bool { return s.Workloads[i].UID < s.Workloads[j].UID })
+	return s
+}
+
+// addrIndex maps workload addresses to workload ids (the last workload
+// installed with an address owns it). IPv4 keys are 4 bytes: 100k
+// workloads cost ~1.5 MB.
+type addrIndex struct {
+	v4 map[uint32]uint32
+	v6 map[[16]byte]uint32
+}
+
+func (x *addrIndex) lookup(a netip.Addr) (uint32, bool) {
+	a = a.Unmap()
+	if a.Is4() {
+		b := a.As4()
+		id, ok := x.v4[binary.BigEndian.Uint32(b[:])]
+		return id, ok
+	}
+	id, ok := x.v6[a.As16()]
+	return id, ok
+}
+
+func (x *addrIndex) set(a netip.Addr, id uint32, remove bool) {
+	a = a.Unmap()
+	if a.Is4() {
+		b := a.As4()
+		k := binary.BigEndian.Uint32(b[:])
+		if !remove {
+			if x.v4 == nil {
+				x.v4 = map[uint32]uint32{}
+			}
+			x.v4[k] = id
+		} else if x.v4[k] == id {
+			delete(x.v4, k)
+		}
+		return
+	}
+	k := a.As16()
+	if !remove {
+		if x.v6 == nil {
+			x.v6 = map[[16]byte]uint32{}
+		}
+		x.v6[k] = id
+	} else if x.v6[k] == id {
+		delete(x.v6, k)
+	}
+}
+
+// index adds (or, with remove, drops) every address of w.
+func (x *addrIndex) index(w *wlState, remove bool) {
+	if w.addrs != nil {
+		for _, a := range *w.addrs {
+			x.set(a, w.id, remove)
+		}
+		return
+	}
+	for fam, has := range w.ep.has {
+		if has {
+			x.set(addrFrom16(w.ep.addr[fam]), w.id, remove)
+		}
+	}
+}
