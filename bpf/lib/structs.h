@@ -171,6 +171,9 @@ struct km_cfg {
 #define KM_CFG_ACCEL (1u << 0) /* same-node sk_msg redirect */
 #define KM_CFG_WP_TLV (1u << 1) /* waypoint header: Kmesh's TLV instead of PROXY v2 */
 #define KM_CFG_WL_WAYPOINTS (1u << 2) /* km_waypoint has workload (address) entries */
+/* km_waypoint has no service entries: connect() to a VIP skips its lookup.
+ * Inverted, so a km_config written by an older daemon means "look up". */
+#define KM_CFG_NO_SVC_WAYPOINTS (1u << 3)
 #define KM_CFG_NO_EVENTS (1u << 4) /* monitoring off: no connection records at all */
 
 /* Per-socket state (km_sock, socket-local storage). */

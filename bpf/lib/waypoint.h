@@ -161,21 +161,23 @@ static __always_inline int km_wp_get(const struct km_wp_key *key, struct km_wp_v
 }
 
 /* What a connect() to addr:port (service svc, 0 if addr is not a service
- * VIP) does about waypoints: enum km_wp_action, with *out filled. Workload
- * addresses are looked up only while the daemon says some exist, so plain
- * connects cost nothing extra. */
+ * VIP) does about waypoints: enum km_wp_action, with *out filled. Service
+ * and workload entries are looked up only while the daemon says some exist,
+ * so connects in a mesh without waypoints cost one read of km_config (hot:
+ * sock_create read it for the same socket) instead of a hash lookup. */
 static __always_inline int km_wp_lookup(__u32 svc, const __u32 addr[4], __u16 port, struct km_wp_val *out)
 {
 	struct km_wp_key key = {};
-	struct km_cfg *cfg;
+	struct km_cfg *cfg = km_cfg();
 	int act;
 
 	if (svc) {
+		if (cfg && (cfg->flags & KM_CFG_NO_SVC_WAYPOINTS))
+			return KM_WP_NONE;
 		key.svc_id = svc;
 		key.port = port;
 		return km_wp_get(&key, out);
 	}
-	cfg = km_cfg();
 	if (!cfg || !(cfg->flags & KM_CFG_WL_WAYPOINTS))
 		return KM_WP_NONE;
 	km_addr_copy(key.addr, addr);

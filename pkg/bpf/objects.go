@@ -81,7 +81,10 @@ const (
 	ConfigAccel       = 1 << 0
 	ConfigWpTLV       = 1 << 1 // waypoint header: Kmesh TLV instead of PROXY v2
 	ConfigWlWaypoints = 1 << 2 // km_waypoint holds workload-address entries
-	ConfigNoEvents    = 1 << 4 // monitoring off: sockops and sk_msg write no connection records
+	// ConfigNoSvcWaypoints: km_waypoint holds no service entries (connects
+	// to VIPs skip the lookup); inverted so an older km_config means "look".
+	ConfigNoSvcWaypoints = 1 << 3
+	ConfigNoEvents       = 1 << 4 // monitoring off: sockops and sk_msg write no connection records
 
 	SockEnrolled  = 1 << 0
 	SockRewritten = 1 << 1

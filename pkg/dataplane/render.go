@@ -1,12 +1,13 @@
 package dataplane
 
 import (
+	"cmp"
 	"encoding/binary"
 	"fmt"
 	"hash/fnv"
 	"math"
 	"net/netip"
-	"sort"
+	"slices"
 	"unsafe"
 
 	"github.com/kmesh-go/kmesh/pkg/bpf"
@@ -175,7 +176,7 @@ func render(s *model.Service, members []member, node model.Node) (rendered, erro
 	for i, p := range s.Ports {
 		r.rec.Port[i] = htons(p.Port)
 	}
-	sort.Slice(members, func(i, j int) bool { return members[i].id < members[j].id })
+	slices.SortFunc(members, func(a, b member) int { return cmp.Compare(a.id, b.id) })
 	var wsum [bpf.Families][bpf.MaxTiers]uint64
 	for _, m := range members {
 		tier := 0
@@ -203,6 +204,9 @@ func render(s *model.Service, members []member, node model.Node) (rendered, erro
 				return r, &InvalidError{Object: svcObject(s.Key), Reason: "sum of endpoint weights exceeds 2^32-1"}
 			}
 			slot.CumWeight = uint32(wsum[fam][tier])
+			if r.slots[fam][tier] == nil {
+				r.slots[fam][tier] = make([]bpf.Slot, 0, len(members))
+			}
 			r.slots[fam][tier] = append(r.slots[fam][tier], slot)
 		}
 	}

@@ -1,7 +1,6 @@
 package dataplane
 
 import (
-	"encoding/binary"
 	"net/netip"
 	"sort"
 
@@ -94,47 +93,43 @@ func (d *Dataplane) Snapshot() *model.Snapshot {
 }
 
 // addrIndex maps workload addresses to workload ids (the last workload
-// installed with an address owns it). IPv4 keys are 4 bytes: 100k
-// workloads cost ~1.5 MB.
+// installed with an address owns it), keyed by the maps' address words:
+// IPv4 keys are one word, so 100k workloads cost ~1.5 MB.
 type addrIndex struct {
 	v4 map[uint32]uint32
-	v6 map[[16]byte]uint32
+	v6 map[[4]uint32]uint32
 }
 
 func (x *addrIndex) lookup(a netip.Addr) (uint32, bool) {
-	a = a.Unmap()
-	if a.Is4() {
-		b := a.As4()
-		id, ok := x.v4[binary.BigEndian.Uint32(b[:])]
+	w := addr16(a.Unmap())
+	if a.Unmap().Is4() {
+		id, ok := x.v4[w[3]]
 		return id, ok
 	}
-	id, ok := x.v6[a.As16()]
+	id, ok := x.v6[w]
 	return id, ok
 }
 
-func (x *addrIndex) set(a netip.Addr, id uint32, remove bool) {
-	a = a.Unmap()
-	if a.Is4() {
-		b := a.As4()
-		k := binary.BigEndian.Uint32(b[:])
+// set adds (or, with remove, drops) the address with map words w.
+func (x *addrIndex) set(w [4]uint32, v4 bool, id uint32, remove bool) {
+	if v4 {
 		if !remove {
 			if x.v4 == nil {
 				x.v4 = map[uint32]uint32{}
 			}
-			x.v4[k] = id
-		} else if x.v4[k] == id {
-			delete(x.v4, k)
+			x.v4[w[3]] = id
+		} else if cur, ok := x.v4[w[3]]; ok && cur == id {
+			delete(x.v4, w[3])
 		}
 		return
 	}
-	k := a.As16()
 	if !remove {
 		if x.v6 == nil {
-			x.v6 = map[[16]byte]uint32{}
+			x.v6 = map[[4]uint32]uint32{}
 		}
-		x.v6[k] = id
-	} else if x.v6[k] == id {
-		delete(x.v6, k)
+		x.v6[w] = id
+	} else if cur, ok := x.v6[w]; ok && cur == id {
+		delete(x.v6, w)
 	}
 }
 
@@ -142,13 +137,14 @@ func (x *addrIndex) set(a netip.Addr, id uint32, remove bool) {
 func (x *addrIndex) index(w *wlState, remove bool) {
 	if w.addrs != nil {
 		for _, a := range *w.addrs {
-			x.set(a, w.id, remove)
+			a = a.Unmap()
+			x.set(addr16(a), a.Is4(), w.id, remove)
 		}
 		return
 	}
 	for fam, has := range w.ep.has {
 		if has {
-			x.set(addrFrom16(w.ep.addr[fam]), w.id, remove)
+			x.set(w.ep.addr[fam], fam == bpf.FamV4, w.id, remove)
 		}
 	}
 }

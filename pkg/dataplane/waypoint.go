@@ -45,11 +45,12 @@ func checkWaypointProtocol(p string) error {
 
 // wpState is what the maps hold about waypoints.
 type wpState struct {
-	entries   map[bpf.WaypointKey]bpf.WaypointVal // km_waypoint
-	svcs      map[string]bool                     // services with a waypoint
-	wls       map[string]bool                     // workloads with a waypoint
-	exempt    map[string]bool                     // workloads enrolled with KM_ENROL_WAYPOINT
-	wlEntries bool                                // KM_CFG_WL_WAYPOINTS
+	entries    map[bpf.WaypointKey]bpf.WaypointVal // km_waypoint
+	svcs       map[string]bool                     // services with a waypoint
+	wls        map[string]bool                     // workloads with a waypoint
+	exempt     map[string]bool                     // workloads enrolled with KM_ENROL_WAYPOINT
+	wlEntries  bool                                // KM_CFG_WL_WAYPOINTS
+	svcEntries bool                                // not KM_CFG_NO_SVC_WAYPOINTS
 }
 
 // wpPlan is the waypoint part of a plan: the next state and the difference.
@@ -178,7 +179,7 @@ func (d *Dataplane) planWaypoints(p *plan) error {
 	for k := range p.wlDel {
 		delete(wls, k)
 	}
-	if len(svcs) == 0 && len(wls) == 0 && len(d.wp.entries) == 0 && len(d.wp.exempt) == 0 && !d.wp.wlEntries {
+	if len(svcs) == 0 && len(wls) == 0 && len(d.wp.entries) == 0 && len(d.wp.exempt) == 0 && !d.wp.wlEntries && !d.wp.svcEntries {
 		return nil
 	}
 
@@ -265,6 +266,12 @@ func (d *Dataplane) planWaypoints(p *plan) error {
 				}
 			}
 			wp.next.wlEntries = true
+		}
+	}
+	for k := range wp.next.entries {
+		if k.SvcId != 0 {
+			wp.next.svcEntries = true
+			break
 		}
 	}
 	if len(wp.next.entries) > bpf.MaxWaypoints {
@@ -367,8 +374,10 @@ func (d *Dataplane) commitWaypoints(p *plan) error {
 			d.log.Warn("waypoint unusable: connections that need it fail with ECONNREFUSED until it is", "reason", r)
 		}
 	}
-	if p.wp.next.wlEntries != d.wp.wlEntries {
-		d.wp.wlEntries = p.wp.next.wlEntries
+	// The switches change between the writes and the deletes: they turn on
+	// once the entries exist and off before they go.
+	if p.wp.next.wlEntries != d.wp.wlEntries || p.wp.next.svcEntries != d.wp.svcEntries {
+		d.wp.wlEntries, d.wp.svcEntries = p.wp.next.wlEntries, p.wp.next.svcEntries
 		if err := d.writeConfig(); err != nil {
 			return err
 		}
@@ -402,6 +411,8 @@ func (d *Dataplane) adoptWaypoints() error {
 		d.wp.entries[k] = v
 		if k.SvcId == 0 {
 			d.wp.wlEntries = true
+		} else {
+			d.wp.svcEntries = true
 		}
 	}
 	if err := it.Err(); err != nil {
@@ -436,6 +447,9 @@ func (d *Dataplane) wpConfigFlags() uint32 {
 	}
 	if d.wp.wlEntries {
 		f |= bpf.ConfigWlWaypoints
+	}
+	if !d.wp.svcEntries {
+		f |= bpf.ConfigNoSvcWaypoints
 	}
 	return f
 }

@@ -512,8 +512,15 @@ func testWaypointRemoved(t *testing.T, e *wpEnv) {
 	if hasConfigFlag(t, e.env, bpf.ConfigWlWaypoints) {
 		t.Errorf("km_config still has the workload-waypoint flag")
 	}
+	// No service has a waypoint: connects to VIPs skip km_waypoint.
+	if !hasConfigFlag(t, e.env, bpf.ConfigNoSvcWaypoints) {
+		t.Errorf("km_config lacks the no-service-waypoints flag with no service waypoint left")
+	}
 	// Put everything back for the next case.
 	e.apply(e.wpSnapshot(true))
+	if hasConfigFlag(t, e.env, bpf.ConfigNoSvcWaypoints) {
+		t.Errorf("km_config says no service has a waypoint while one has")
+	}
 }
 
 func hasConfigFlag(t *testing.T, e *env, flag uint32) bool {
