@@ -118,8 +118,12 @@ func (d *Dataplane) adopt() error {
 				continue
 			}
 			w.loc = d.internLoc(*w.loc)
-			for i := range w.svcs {
-				w.svcs[i].key = d.internKey(w.svcs[i].key)
+			if len(w.svcs) == 1 && w.svcs[0].ports == nil {
+				w.svcs = d.internMembership(w.svcs[0].key)
+			} else {
+				for i := range w.svcs { // the state's own list
+					w.svcs[i].key = d.internKey(w.svcs[i].key)
+				}
 			}
 			if w.enrolment().cgroup != 0 {
 				d.cgLevels[w.enrolment().level]++

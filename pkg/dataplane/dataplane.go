@@ -64,7 +64,7 @@ type Dataplane struct {
 	wls         map[string]*wlState // by uid
 	wlByID      map[uint32]*wlState
 	members     map[string]map[uint32]struct{} // service key -> workloads naming it
-	keys        map[string]string              // interned service keys of memberships
+	keys        map[string][]membership        // interned service keys of memberships (internMembership)
 	locs        map[model.Locality]*model.Locality
 	scratch     sink
 	frontends   map[bpf.FrontendKey]uint32 // what km_frontend holds
@@ -123,7 +123,7 @@ func Open(opts Options) (*Dataplane, error) {
 		obj: obj, log: opts.Logger, opts: opts, cgroupMount: mount,
 		svcIDs: newIDSpace(bpf.MaxServices),
 		svcs:   map[string]*svcState{}, wls: map[string]*wlState{}, wlByID: map[uint32]*wlState{},
-		members: map[string]map[uint32]struct{}{}, keys: map[string]string{}, locs: map[model.Locality]*model.Locality{},
+		members: map[string]map[uint32]struct{}{}, keys: map[string][]membership{}, locs: map[model.Locality]*model.Locality{},
 		frontends: map[bpf.FrontendKey]uint32{}, genSeq: map[uint32]uint32{},
 		enrolCg: map[uint64]uint32{}, enrolNs: map[uint64]uint32{}, cgLevels: map[int]int{},
 	}

@@ -26,12 +26,12 @@ type wlState struct {
 	name      string
 	namespace string
 	id        uint32
+	weight    uint32
 	hash      uint64 // of the workload as given (change detection)
 	ep        endpoint
-	weight    uint32
-	healthy   bool
+	healthy   bool               // packs into ep's padding (160-byte size class)
 	loc       *model.Locality    // interned
-	svcs      []membership       // sorted by key
+	svcs      []membership       // sorted by key; read only (may be shared, see internMembership)
 	enrol     *enrolKey          // nil unless enrolled on this node (few are)
 	wp        *model.WaypointRef // nil unless the workload has a waypoint (few do)
 	addrs     *[]netip.Addr      // the addresses as given, when epAddrs() differs (rare)
@@ -147,13 +147,20 @@ func fnv32a(s string) uint32 {
 type sink struct{ b []byte }
 
 // interning: service keys of memberships and localities are shared.
-func (d *Dataplane) internKey(k string) string {
-	if s, ok := d.keys[k]; ok {
-		return s
+func (d *Dataplane) internKey(k string) string { return d.internMembership(k)[0].key }
+
+// internMembership is the one-element membership list {k, no overrides},
+// shared (read only) by every workload that backs just service k, which is
+// most of them: a 100k-workload mesh keeps one list per service, not one
+// per workload.
+func (d *Dataplane) internMembership(k string) []membership {
+	if m, ok := d.keys[k]; ok {
+		return m
 	}
 	k = strings.Clone(k)
-	d.keys[k] = k
-	return k
+	m := []membership{{key: k}}
+	d.keys[k] = m
+	return m
 }
 
 func (d *Dataplane) internLoc(l model.Locality) *model.Locality {
@@ -213,7 +220,14 @@ func (d *Dataplane) planWorkload(p *plan, wl *model.Workload, hash uint64) (*wlS
 		ref.Service = d.internKey(ref.Service)
 		st.wp = &ref
 	}
-	if len(wl.Services) > 0 {
+	if len(wl.Services) == 1 {
+		for key, ports := range wl.Services {
+			if ports == nil {
+				st.svcs = d.internMembership(key)
+			}
+		}
+	}
+	if len(wl.Services) > 0 && st.svcs == nil {
 		st.svcs = make([]membership, 0, len(wl.Services))
 		for key, ports := range wl.Services {
 			st.svcs = append(st.svcs, membership{key: d.internKey(key), ports: slices.Clone(ports)})
