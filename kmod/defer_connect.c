@@ -45,6 +45,7 @@
 #include <linux/module.h>
 #include <linux/net.h>
 #include <linux/rcupdate.h>
+#include <linux/sched/signal.h>
 #include <linux/slab.h>
 #include <linux/spinlock.h>
 #include <linux/uaccess.h>
@@ -409,24 +410,75 @@ static int kmesh_setsockopt(struct sock *sk, int level, int optname, sockptr_t o
 	return orig->setsockopt(sk, level, optname, optval, optlen);
 }
 
-/* A receive before any send: the client waits for the server to speak, so
- * there is nothing to route on. Connect to the recorded destination. */
+static unsigned int kmesh_recv_grace_ms = 100;
+module_param_named(recv_grace_ms, kmesh_recv_grace_ms, uint, 0444);
+MODULE_PARM_DESC(recv_grace_ms, "how long a receive on a deferred socket waits for the first send before it connects to the original destination (server-first); at most 1000");
+
+/* Whether the socket is still deferred. Also called by sk_wait_event()
+ * without the socket lock, when another thread may detach and free the
+ * entry: so it reads the entry under the table lock (detach removes it
+ * under that lock before freeing it). */
+static bool still_deferred(struct sock *sk)
+{
+	struct kmesh_dsock *d;
+	bool deferred = false;
+
+	spin_lock_bh(&kmesh_dsocks_lock);
+	hash_for_each_possible(kmesh_dsocks, d, node, (unsigned long)sk) {
+		if (d->sk == sk) {
+			deferred = READ_ONCE(d->deferred);
+			break;
+		}
+	}
+	spin_unlock_bh(&kmesh_dsocks_lock);
+	return deferred;
+}
+
+/* A receive before any send. Many clients read and write from different
+ * threads (Go's net/http starts its reader as soon as the connection is up,
+ * often before the writer sends the request), so the receive first waits a
+ * short, bounded grace period (recv_grace_ms, the socket lock released) for
+ * the first send to make the routing decision. If none comes, the client
+ * waits for the server to speak (a server-first protocol): there is nothing
+ * to route on, so connect to the recorded destination. The wait is bounded
+ * and ends early on a signal, so unloading still completes. */
 static noinline const struct proto *kmesh_before_recv(struct sock *sk, int flags)
 {
 	const struct proto *orig = base_prot(sk);
+	DEFINE_WAIT_FUNC(wait, woken_wake_function);
+	unsigned long deadline;
 	struct kmesh_dsock *d;
 
 	if (flags & MSG_ERRQUEUE)
 		return orig;
 	kmesh_enter();
 	lock_sock(sk);
+	deadline = jiffies + msecs_to_jiffies(min(kmesh_recv_grace_ms, 1000U));
+	while (still_deferred(sk) && time_before(jiffies, deadline) && !signal_pending(current)) {
+		/* Wakes on the socket's own events; re-checks every 2 ms anyway
+		 * (the send path does not wake readers when it connects). */
+		long timeo = min_t(long, msecs_to_jiffies(2), (long)(deadline - jiffies));
+
+		if (timeo <= 0)
+			break;
+		add_wait_queue(sk_sleep(sk), &wait);
+		sk_wait_event(sk, &timeo, !still_deferred(sk), &wait);
+		remove_wait_queue(sk_sleep(sk), &wait);
+	}
 	d = dsock_get(sk);
-	if (!d)
-		untracked_restore(sk);
-	else if (d->deferred)
+	if (!d) {
+		/* The first send decided meanwhile (and restored sk_prot), or
+		 * nothing tracks this socket. */
+		if (is_kmesh_prot(READ_ONCE(sk->sk_prot)))
+			untracked_restore(sk);
+	} else if (d->deferred) {
 		fallback_connect(sk, d);
-	else
+	} else {
 		dsock_detach(sk, d);
+	}
+	orig = READ_ONCE(sk->sk_prot);
+	if (is_kmesh_prot(orig))
+		orig = untracked_restore(sk);
 	release_sock(sk);
 	kmesh_leave();
 	return orig;

@@ -3,7 +3,12 @@
 package l7
 
 import (
+	"bufio"
+	"context"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"net/netip"
 	"strings"
 	"testing"
@@ -130,6 +135,62 @@ func TestRouting(t *testing.T) {
 			if err != nil || got != c.want {
 				t.Errorf("wget %s: %q (%v), want %s", strings.Join(c.args, " "), got, err, c.want)
 			}
+		}
+	})
+	// Go's net/http (and any client with a reader thread) reads before the
+	// request is written: the receive waits for the first send (the
+	// module's recv_grace_ms) instead of connecting to the TCP route.
+	t.Run("a reader that starts before the writer", func(t *testing.T) {
+		before := e.moduleStats()
+		tr := &http.Transport{DisableKeepAlives: true, DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
+			return e.dial(addr)
+		}}
+		defer tr.CloseIdleConnections()
+		hc := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+		for i := 0; i < 20; i++ {
+			for _, c := range []struct{ host, path, want string }{{"exact.example", "/", "be1"}, {"other.example", "/v2/x", "be2"}} {
+				req, _ := http.NewRequest(http.MethodGet, "http://"+web+c.path, nil)
+				req.Host = c.host
+				resp, err := hc.Do(req)
+				if err != nil {
+					t.Fatalf("net/http %s%s: %v", c.host, c.path, err)
+				}
+				b, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if got := strings.TrimSpace(string(b)); got != c.want {
+					t.Fatalf("net/http %s%s (request %d): %q, want %s", c.host, c.path, i, got, c.want)
+				}
+			}
+		}
+		// The same, made deterministic: a read is pending 20 ms before the write.
+		c, err := e.dial(web)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		br := bufio.NewReader(c)
+		peeked := make(chan error, 1)
+		go func() { _, err := br.Peek(1); peeked <- err }()
+		time.Sleep(20 * time.Millisecond)
+		if _, err := io.WriteString(c, "GET / HTTP/1.1\r\nHost: api.corp\r\n\r\n"); err != nil {
+			t.Fatal(err)
+		}
+		if err := <-peeked; err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if got := strings.TrimSpace(string(b)); got != "be3" {
+			t.Fatalf("read pending before the write: %q, want be3 (routed by Host)", got)
+		}
+		after := e.moduleStats()
+		if after.Fallbacks != before.Fallbacks || after.Decisions-before.Decisions != 41 {
+			t.Fatalf("module counters: fallbacks %d -> %d, decisions +%d; want no fallback and 41 decisions",
+				before.Fallbacks, after.Fallbacks, after.Decisions-before.Decisions)
 		}
 	})
 	t.Run("non-HTTP bytes follow the TCP route", func(t *testing.T) {

@@ -549,8 +549,16 @@ func clientMain(args []string) {
 // edit, and kmesh.ko's counters (every connection deferred and redirected in
 // the kernel: no proxy on the path).
 func kernelNativePhases(ctx context.Context, cg, cfg, orig, logPath string, n int) error {
-	table := func(what string, rq request, count int) error {
+	// want: the backend that must answer at least share of the requests
+	// ("" = any single backend answers all of them, a keep-alive connection).
+	conns := 0
+	table := func(what string, rq request, count int, want string, share float64) error {
 		r := clientRunReq(ctx, cg, count, rq)
+		if rq.KeepAlive {
+			conns++
+		} else {
+			conns += count
+		}
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
@@ -567,27 +575,33 @@ func kernelNativePhases(ctx context.Context, cg, cfg, orig, logPath string, n in
 		if r.Errors > 0 {
 			return fmt.Errorf("%s: %d of %d requests failed (first: %s)", what, r.Errors, count, r.FirstError)
 		}
+		if want == "" && len(r.Counts) != 1 {
+			return fmt.Errorf("%s: answered by %v, want one backend for the whole connection", what, r.Counts)
+		}
+		if want != "" && float64(r.Counts[want]) < share*float64(count) {
+			return fmt.Errorf("%s: %s answered %d of %d, want at least %.0f%%: not routed as configured", what, want, r.Counts[want], count, 100*share)
+		}
 		return nil
 	}
 	step("phase 1: in-kernel routing of http://%s (each request a new connection)", vip)
 	for _, c := range []struct {
-		what string
-		rq   request
+		what, want string
+		rq         request
 	}{
-		{"GET / (default route)", request{}},
-		{"GET / Host: v2.demo (virtual host)", request{Host: "v2.demo"}},
-		{"GET / Host: canary.v2.demo (*.v2.demo)", request{Host: "canary.v2.demo"}},
-		{"GET / x-version: v2 (header match)", request{Header: map[string]string{"x-version": "v2"}}},
+		{"GET / (default route)", "echo-v1", request{}},
+		{"GET / Host: v2.demo (virtual host)", "echo-v2", request{Host: "v2.demo"}},
+		{"GET / Host: canary.v2.demo (*.v2.demo)", "echo-v2", request{Host: "canary.v2.demo"}},
+		{"GET / x-version: v2 (header match)", "echo-v2", request{Header: map[string]string{"x-version": "v2"}}},
 	} {
-		if err := table(c.what, c.rq, n/4); err != nil {
+		if err := table(c.what, c.rq, n/4, c.want, 1); err != nil {
 			return err
 		}
 	}
 	step("phase 2: /api/ is split 90/10 between echo-v1 and echo-v2, decided per connection")
-	if err := table("GET /api/items, new connection each", request{Path: "/api/items"}, n); err != nil {
+	if err := table("GET /api/items, new connection each", request{Path: "/api/items"}, n, "echo-v1", 0.75); err != nil {
 		return err
 	}
-	if err := table("GET /api/items, one keep-alive connection", request{Path: "/api/items", KeepAlive: true}, n/4); err != nil {
+	if err := table("GET /api/items, one keep-alive connection", request{Path: "/api/items", KeepAlive: true}, n/4, "", 0); err != nil {
 		return err
 	}
 	fmt.Println("    (a keep-alive connection keeps the backend its first request chose)")
@@ -601,7 +615,7 @@ func kernelNativePhases(ctx context.Context, cg, cfg, orig, logPath string, n in
 		return err
 	}
 	waitLog(logPath, "kernel-native config applied", 10*time.Second)
-	if err := table("GET /api/items, new connection each", request{Path: "/api/items"}, n); err != nil {
+	if err := table("GET /api/items, new connection each", request{Path: "/api/items"}, n, "echo-v2", 0.75); err != nil {
 		return err
 	}
 
@@ -613,17 +627,25 @@ func kernelNativePhases(ctx context.Context, cg, cfg, orig, logPath string, n in
 		fmt.Println("    kmeshd:", line)
 	}
 	fmt.Println("    the last good config keeps serving:")
-	if err := table("GET /api/items, new connection each", request{Path: "/api/items"}, n/2); err != nil {
+	if err := table("GET /api/items, new connection each", request{Path: "/api/items"}, n/2, "echo-v2", 0.75); err != nil {
 		return err
 	}
 
 	step("no proxy on the path: kmesh.ko's counters")
-	if c, err := kmod.Dial(); err == nil {
-		if s, err := c.Stats(); err == nil {
-			fmt.Printf("    connects deferred %d, routing decisions %d, redirected to a backend %d, HTTP heads parsed %d\n",
-				s.Deferred, s.Decisions, s.Redirects, s.Parsed)
-		}
-		c.Close()
+	c, err := kmod.Dial()
+	if err != nil {
+		return fmt.Errorf("kmesh.ko counters: %w", err)
+	}
+	st, err := c.Stats()
+	c.Close()
+	if err != nil {
+		return fmt.Errorf("kmesh.ko counters: %w", err)
+	}
+	fmt.Printf("    %d connections made; connects deferred %d, routing decisions %d, redirected to a backend %d, HTTP heads parsed %d, fallbacks %d\n",
+		conns, st.Deferred, st.Decisions, st.Redirects, st.Parsed, st.Fallbacks)
+	if st.Fallbacks != 0 || st.Decisions < uint64(conns) || st.Redirects != st.Decisions {
+		return fmt.Errorf("not every connection was routed in the kernel (%d connections, %d decisions, %d redirects, %d fallbacks)",
+			conns, st.Decisions, st.Redirects, st.Fallbacks)
 	}
 	fmt.Println("    every connection went from the client's socket straight to the backend; the kernel chose it")
 	step("cleaning up (kmeshd stopped and uninstalled, namespaces and cgroup removed)")
