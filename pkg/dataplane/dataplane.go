@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"reflect"
 	"runtime"
+	"runtime/debug"
 	"sort"
 	"sync"
 	"time"
@@ -66,7 +67,6 @@ type Dataplane struct {
 	members     map[string]map[uint32]struct{} // service key -> workloads naming it
 	keys        map[string][]membership        // interned service keys of memberships (internMembership)
 	locs        map[model.Locality]*model.Locality
-	scratch     sink
 	frontends   map[bpf.FrontendKey]uint32 // what km_frontend holds
 	genSeq      map[uint32]uint32          // last generation used per service id
 	live        counts
@@ -295,6 +295,16 @@ func (d *Dataplane) run(ctx context.Context, ch change) error {
 	if d.obj == nil {
 		return errors.New("dataplane is closed")
 	}
+	if len(ch.wls)+len(ch.svcs) > 10000 {
+		// A large push allocates hundreds of MB that die at its end; with
+		// the default GOGC the collector would run many times over a live
+		// heap that is mostly the caller's model (as pkg/compile does).
+		if old := debug.SetGCPercent(400); old >= 0 && old < 400 {
+			defer debug.SetGCPercent(old)
+		} else {
+			debug.SetGCPercent(old) // off or already higher: leave it
+		}
+	}
 	p, err := d.plan(ch)
 	if err != nil {
 		return err
@@ -460,6 +470,13 @@ func (d *Dataplane) plan(ch change) (p *plan, err error) {
 	}
 
 	// Render every touched service that exists in the new view.
+	type job struct {
+		key string
+		svc *model.Service
+		r   rendered
+		err error
+	}
+	jobs := make([]job, 0, len(touched))
 	for key := range touched {
 		if p.svcDel[key] {
 			continue
@@ -472,11 +489,21 @@ func (d *Dataplane) plan(ch change) (p *plan, err error) {
 			}
 			svc = cur.svc
 		}
-		r, err := render(svc, d.membersOf(p, key), p.node)
-		if err != nil {
-			return nil, err
+		jobs = append(jobs, job{key: key, svc: svc})
+	}
+	// Rendering only reads the plan and the dataplane: a large push renders
+	// on all CPUs.
+	parallel(len(jobs), func(lo, hi int) {
+		for i := lo; i < hi; i++ {
+			j := &jobs[i]
+			j.r, j.err = render(j.svc, d.membersOf(p, j.key), p.node)
 		}
-		p.renders[key] = r
+	})
+	for i := range jobs {
+		if jobs[i].err != nil {
+			return nil, jobs[i].err
+		}
+		p.renders[jobs[i].key] = jobs[i].r
 	}
 
 	if err := d.planFrontends(p); err != nil {
@@ -515,32 +542,37 @@ func (d *Dataplane) classify(ch change) []wlItem {
 			items = append(items, wlItem{uid: uid, wl: wl})
 		}
 	}
-	work := func(part []wlItem, scratch *sink) {
-		for i := range part {
-			it := &part[i]
+	parallel(len(items), func(lo, hi int) {
+		var scratch sink
+		for i := lo; i < hi; i++ {
+			it := &items[i]
 			it.cur = d.wls[it.uid]
 			if it.wl != nil {
-				it.hash = hashWorkload(scratch, it.wl)
+				it.hash = hashWorkload(&scratch, it.wl)
 			}
 		}
-	}
-	n := runtime.GOMAXPROCS(0)
-	if len(items) < 4096 || n < 2 {
-		work(items, &d.scratch)
-		return items
+	})
+	return items
+}
+
+// parallel runs work over [0, n) in one chunk per CPU when n is large, else
+// in the caller's goroutine.
+func parallel(n int, work func(lo, hi int)) {
+	cpus := runtime.GOMAXPROCS(0)
+	if n < 2048 || cpus < 2 {
+		work(0, n)
+		return
 	}
 	var wg sync.WaitGroup
-	chunk := (len(items) + n - 1) / n
-	for start := 0; start < len(items); start += chunk {
-		part := items[start:min(start+chunk, len(items))]
+	chunk := (n + cpus - 1) / cpus
+	for lo := 0; lo < n; lo += chunk {
 		wg.Add(1)
-		go func() {
+		go func(lo, hi int) {
 			defer wg.Done()
-			work(part, &sink{})
-		}()
+			work(lo, hi)
+		}(lo, min(lo+chunk, n))
 	}
 	wg.Wait()
-	return items
 }
 
 // planFrontends computes km_frontend's next content and the difference.
