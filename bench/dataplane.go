@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/netip"
 	"os"
@@ -48,8 +49,7 @@ type dualEngine struct {
 	accel bool
 	// noTelemetry switches connection records off in the kernel (what
 	// kmeshctl monitoring disable does); the others run kmeshd's telemetry
-	// pipeline (ring buffer → Istio metrics and the access log), as a node
-	// with default settings plus the access log does.
+	// pipeline (ring buffer → Istio metrics) with kmeshd's default settings.
 	noTelemetry bool
 	vip         netip.Addr
 	base        uint16 // the scenario's server listens on base (http) and base+1 (tcp)
@@ -80,7 +80,7 @@ func (d *dualEngine) Info() report.ScenarioInfo {
 			Description: fmt.Sprintf("as dual-engine (VIP %s), with connection records off in the kernel (kmeshctl monitoring disable): the control for the telemetry path's cost", d.vip)}
 	}
 	return report.ScenarioInfo{Name: d.name(), Title: "dual-engine (connect-time LB)", Protos: withClose,
-		Description: fmt.Sprintf("client → service VIP %s, rewritten to the server at connect() by kmesh's cgroup programs; no proxy; sockops tracks both ends; kmeshd's telemetry pipeline (Istio metrics, access log) consumes the connection records (kmesh, pkg/dataplane + pkg/daemon)", d.vip)}
+		Description: fmt.Sprintf("client → service VIP %s, rewritten to the server at connect() by kmesh's cgroup programs; no proxy; sockops tracks both ends; kmeshd's telemetry pipeline (Istio metrics; kmeshd's defaults) consumes the connection records (kmesh, pkg/dataplane + pkg/daemon)", d.vip)}
 }
 
 func (d *dualEngine) Available(e *Env) error {
@@ -129,17 +129,14 @@ func (d *dualEngine) Setup(ctx context.Context, e *Env) error {
 	d.dp = dp
 	var api dataplane.API = dp
 	if !d.noTelemetry {
-		// kmeshd's own telemetry: the pipeline reads the ring buffer into
-		// the Istio metrics and writes the access log (to a file, as a node
-		// agent's stdout is). Admin API off: it is not on the data path.
-		alog, err := os.Create(filepath.Join(e.Lab.Dir, name+"-access.log"))
-		if err != nil {
-			return err
-		}
-		e.Lab.Defer("close "+alog.Name(), alog.Close)
+		// kmeshd's own telemetry with its defaults: the pipeline reads the
+		// ring buffer into the Istio metrics (label names resolved from the
+		// model); the access log stays off, as in kmeshd (--access-log), and
+		// costs more per connection (docs/observability.md). Admin API off:
+		// it is not on the data path.
 		d.metrics = prometheus.NewRegistry()
 		obs, err := daemon.StartObservability(context.Background(), daemon.ObservabilityOptions{
-			AdminAddress: daemon.Off, MetricsAddress: "127.0.0.1:0", AccessLog: true, AccessLogOutput: alog,
+			AdminAddress: daemon.Off, MetricsAddress: "127.0.0.1:0", AccessLogOutput: io.Discard,
 			Registry: d.metrics}, dp, logger)
 		if err != nil {
 			return fmt.Errorf("telemetry: %w", err)

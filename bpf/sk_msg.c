@@ -52,7 +52,8 @@ static __noinline void km_msg_report(struct sk_msg_md *msg, struct km_sock_state
 	ev->direction = st->direction;
 	ev->family = msg->family;
 	ev->flags = st->flags;
-	bpf_ringbuf_submit(ev, 0);
+	bpf_ringbuf_submit(ev, bpf_ringbuf_query(&km_events, BPF_RB_AVAIL_DATA) >= KM_EVENTS_WAKEUP_BYTES ?
+				       BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP); /* see sockops.c km_emit */
 }
 
 SEC("sk_msg")

@@ -118,7 +118,12 @@ static __always_inline void km_emit(struct bpf_sock_ops *skops, struct km_sock_s
 	km_fill_event(ev, skops, st);
 	ev->ts_ns = now;
 	ev->type = type;
-	bpf_ringbuf_submit(ev, 0);
+	/* No wakeup per record (at thousands of connections per second that
+	 * was most of the telemetry path's cost): the reader polls the ring
+	 * every few milliseconds (pkg/dataplane EventReader) and is woken only
+	 * when a backlog builds up. */
+	bpf_ringbuf_submit(ev, bpf_ringbuf_query(&km_events, BPF_RB_AVAIL_DATA) >= KM_EVENTS_WAKEUP_BYTES ?
+				       BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
 }
 
 static __always_inline void km_accel_insert(struct bpf_sock_ops *skops, struct km_sock_state *st)

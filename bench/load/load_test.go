@@ -114,9 +114,12 @@ func TestRunAgainstEchoServers(t *testing.T) {
 			if res.Errors != 0 || res.OK == 0 || res.Requests != res.OK {
 				t.Fatalf("ok=%d errors=%d requests=%d codes=%v first=%q", res.OK, res.Errors, res.Requests, res.Codes, res.FirstError)
 			}
-			// 400 req/s for 250 ms is 100 requests; allow for pacing at the edges.
-			if res.OK < 80 || res.OK > 120 {
-				t.Errorf("paced run did %d requests, want about 100", res.OK)
+			// 400 req/s for 250 ms is 100 requests. Pacing must never go
+			// faster than asked (edges allowed for); a loaded machine may fall
+			// behind, which is not what this test is about, so the lower bound
+			// only says the run was not stalled.
+			if res.OK < 20 || res.OK > 120 {
+				t.Errorf("paced run did %d requests, want at most about 100 (and not stalled)", res.OK)
 			}
 			if res.WarmupRequests == 0 {
 				t.Error("warm-up sent nothing")

@@ -33,6 +33,7 @@
 #define KM_MAX_SOCKHASH  65536
 #define KM_MAX_WAYPOINTS 131072
 #define KM_EVENTS_BYTES  (1 << 20)
+#define KM_EVENTS_WAKEUP_BYTES (KM_EVENTS_BYTES / 4) /* wake the reader at this backlog; else it polls */
 
 /* Load-balancing algorithms and locality modes (km_svc_rec). */
 enum km_lb_algorithm {

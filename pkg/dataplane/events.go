@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
+	"sync/atomic"
 	"time"
 	"unsafe"
 
@@ -69,7 +71,9 @@ var ErrEventsClosed = errors.New("dataplane: event reader closed")
 // EventReader reads connection records from the km_events ring buffer. One
 // reader per daemon: records are consumed, not broadcast.
 type EventReader struct {
-	rd *ringbuf.Reader
+	rd       *ringbuf.Reader
+	deadline atomic.Pointer[time.Time] // the caller's deadline (nil: none)
+	rec      ringbuf.Record            // reused: Read is called from one goroutine, and a record per read was the pipeline's largest allocation
 	// the BPF clock (CLOCK_MONOTONIC) at wall time base
 	monoBase int64
 	wallBase time.Time
@@ -91,14 +95,37 @@ func (d *Dataplane) Events() (*EventReader, error) {
 	return &EventReader{rd: rd, monoBase: ts.Nano(), wallBase: time.Now()}, nil
 }
 
-// Read blocks until a record arrives, the deadline passes, or Close.
+// EventPollInterval bounds how late a record is read: the kernel writes
+// records without waking the reader (a wakeup per record cost more than the
+// rest of the telemetry path) unless a quarter of the ring is pending, so
+// the reader also looks every EventPollInterval.
+const EventPollInterval = 20 * time.Millisecond
+
+// Read blocks until a record arrives, the deadline passes, or Close. It must
+// not be called concurrently (one reader goroutine, as the pipeline has).
 func (r *EventReader) Read() (ConnEvent, error) {
-	rec, err := r.rd.Read()
-	if err != nil {
-		if errors.Is(err, ringbuf.ErrClosed) {
-			return ConnEvent{}, ErrEventsClosed
+	rec := &r.rec
+	for {
+		next := time.Now().Add(EventPollInterval)
+		dl := r.deadline.Load()
+		if dl != nil && dl.Before(next) {
+			next = *dl
 		}
-		return ConnEvent{}, err
+		r.rd.SetDeadline(next)
+		err := r.rd.ReadInto(rec)
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			if dl != nil && !time.Now().Before(*dl) {
+				return ConnEvent{}, err
+			}
+			continue // a poll found nothing: look again
+		}
+		if err != nil {
+			if errors.Is(err, ringbuf.ErrClosed) {
+				return ConnEvent{}, ErrEventsClosed
+			}
+			return ConnEvent{}, err
+		}
+		break
 	}
 	var raw bpf.ConnEventRaw
 	if len(rec.RawSample) < int(unsafe.Sizeof(raw)) {
@@ -109,7 +136,13 @@ func (r *EventReader) Read() (ConnEvent, error) {
 }
 
 // SetDeadline makes Read return os.ErrDeadlineExceeded after t (zero: none).
-func (r *EventReader) SetDeadline(t time.Time) { r.rd.SetDeadline(t) }
+func (r *EventReader) SetDeadline(t time.Time) {
+	if t.IsZero() {
+		r.deadline.Store(nil)
+		return
+	}
+	r.deadline.Store(&t)
+}
 
 // Close unblocks Read.
 func (r *EventReader) Close() error { return r.rd.Close() }
