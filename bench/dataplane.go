@@ -103,29 +103,11 @@ func (d *dualEngine) Setup(ctx context.Context, e *Env) error {
 	if err != nil {
 		return err
 	}
-	if err := probe.EnsureBPFFS(probe.DefaultBPFFS); err != nil {
-		return err
-	}
-	logf, err := os.Create(filepath.Join(e.Lab.Dir, name+"-dataplane.log"))
+	dp, logger, err := openDataplane(e, name, attach, dataplane.Options{Accel: d.accel, NoEvents: d.noTelemetry,
+		ReportInterval: 10 * time.Second}, nil) // kmeshd's default report interval
 	if err != nil {
 		return err
 	}
-	e.Lab.Defer("close "+logf.Name(), logf.Close)
-	bopts := bpf.Options{PinDir: filepath.Join(probe.DefaultBPFFS, e.Lab.Name(name)), Cgroup: attach}
-	// Registered before Open so a half-done load is removed too; cleanups run
-	// in reverse, so the dataplane is closed, then uninstalled, then the
-	// cgroups go.
-	e.Lab.Defer("uninstall dataplane "+bopts.PinDir, func() error { return bpf.Uninstall(bopts) })
-	logger := slog.New(slog.NewTextHandler(logf, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	dp, err := dataplane.Open(dataplane.Options{
-		BPF: bopts, StateDir: filepath.Join(e.Lab.Dir, name+"-state"), Accel: d.accel, NoEvents: d.noTelemetry,
-		ReportInterval: 10 * time.Second, // kmeshd's default
-		Logger:         logger,
-	})
-	if err != nil {
-		return fmt.Errorf("dataplane: %w", err)
-	}
-	e.Lab.Defer("close dataplane "+name, dp.Close)
 	d.dp = dp
 	var api dataplane.API = dp
 	if !d.noTelemetry {
@@ -222,6 +204,42 @@ func (d *dualEngine) Check(*Env) (string, error) {
 		return evidence, fmt.Errorf("sk_msg redirected data although acceleration is off")
 	}
 	return evidence, nil
+}
+
+// openDataplane opens a scenario's own dataplane instance, as kmeshd does,
+// attached to the cgroup attach, pinned under a directory named after the
+// lab and the scenario, logging to <name>-dataplane.log in the lab. Its
+// teardown (close, then uninstall, plus uninstallToo for objects the
+// scenario adds over the same pins) is registered with the lab, also for a
+// half-done open.
+func openDataplane(e *Env, name, attach string, o dataplane.Options, uninstallToo func(pinDir string) error) (*dataplane.Dataplane, *slog.Logger, error) {
+	if err := probe.EnsureBPFFS(probe.DefaultBPFFS); err != nil {
+		return nil, nil, err
+	}
+	logf, err := os.Create(filepath.Join(e.Lab.Dir, name+"-dataplane.log"))
+	if err != nil {
+		return nil, nil, err
+	}
+	e.Lab.Defer("close "+logf.Name(), logf.Close)
+	o.BPF = bpf.Options{PinDir: filepath.Join(probe.DefaultBPFFS, e.Lab.Name(name)), Cgroup: attach}
+	o.StateDir = filepath.Join(e.Lab.Dir, name+"-state")
+	o.Logger = slog.New(slog.NewTextHandler(logf, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	// Registered before Open so a half-done load is removed too; cleanups run
+	// in reverse, so the dataplane is closed, then uninstalled, then the
+	// cgroups go.
+	e.Lab.Defer("uninstall dataplane "+o.BPF.PinDir, func() error {
+		var err error
+		if uninstallToo != nil {
+			err = uninstallToo(o.BPF.PinDir)
+		}
+		return errors.Join(err, bpf.Uninstall(o.BPF))
+	})
+	dp, err := dataplane.Open(o)
+	if err != nil {
+		return nil, nil, fmt.Errorf("dataplane: %w", err)
+	}
+	e.Lab.Defer("close dataplane "+name, dp.Close)
+	return dp, o.Logger, nil
 }
 
 // counterSum adds up every series of a counter family.

@@ -4,19 +4,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net/netip"
 	"os"
 	"path/filepath"
 
 	"github.com/kmesh-go/kmesh/bench/load"
 	"github.com/kmesh-go/kmesh/bench/report"
-	"github.com/kmesh-go/kmesh/pkg/bpf"
 	"github.com/kmesh-go/kmesh/pkg/dataplane"
 	"github.com/kmesh-go/kmesh/pkg/kmod"
 	"github.com/kmesh-go/kmesh/pkg/l7"
 	"github.com/kmesh-go/kmesh/pkg/model"
-	"github.com/kmesh-go/kmesh/pkg/probe"
 )
 
 // kernelNative is scenario 7: HTTP routing in the kernel (kmesh.ko and the
@@ -68,24 +65,10 @@ func (k *kernelNative) Setup(ctx context.Context, e *Env) error {
 	if k.clientCg, err = e.Lab.SubCgroup(filepath.Join(name, "client")); err != nil {
 		return err
 	}
-	if err := probe.EnsureBPFFS(probe.DefaultBPFFS); err != nil {
-		return err
-	}
-	logf, err := os.Create(filepath.Join(e.Lab.Dir, name+"-dataplane.log"))
+	dp, log, err := openDataplane(e, name, attach, dataplane.Options{}, l7.Uninstall)
 	if err != nil {
 		return err
 	}
-	e.Lab.Defer("close "+logf.Name(), logf.Close)
-	log := slog.New(slog.NewTextHandler(logf, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	bopts := bpf.Options{PinDir: filepath.Join(probe.DefaultBPFFS, e.Lab.Name(name)), Cgroup: attach}
-	e.Lab.Defer("uninstall dataplane "+bopts.PinDir, func() error {
-		return errors.Join(l7.Uninstall(bopts.PinDir), bpf.Uninstall(bopts))
-	})
-	dp, err := dataplane.Open(dataplane.Options{BPF: bopts, StateDir: filepath.Join(e.Lab.Dir, name+"-state"), Logger: log})
-	if err != nil {
-		return fmt.Errorf("dataplane: %w", err)
-	}
-	e.Lab.Defer("close dataplane "+name, dp.Close)
 	eng, err := l7.Open(l7.Options{Dataplane: dp, StateDir: filepath.Join(e.Lab.Dir, name+"-state"), Logger: log})
 	if err != nil {
 		return fmt.Errorf("kernel-native: %w", err)

@@ -3,9 +3,7 @@ package bench
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"net/netip"
-	"os"
 	"path/filepath"
 
 	"github.com/kmesh-go/kmesh/bench/load"
@@ -15,7 +13,6 @@ import (
 	"github.com/kmesh-go/kmesh/pkg/bpf"
 	"github.com/kmesh-go/kmesh/pkg/dataplane"
 	"github.com/kmesh-go/kmesh/pkg/model"
-	"github.com/kmesh-go/kmesh/pkg/probe"
 )
 
 // dualEngineWaypoint is kmesh's waypoint path (dual-engine L7): the client
@@ -76,24 +73,10 @@ func (d *dualEngineWaypoint) Setup(ctx context.Context, e *Env) error {
 	if err != nil {
 		return err
 	}
-	if err := probe.EnsureBPFFS(probe.DefaultBPFFS); err != nil {
-		return err
-	}
-	logf, err := os.Create(filepath.Join(e.Lab.Dir, name+"-dataplane.log"))
+	dp, _, err := openDataplane(e, name, attach, dataplane.Options{}, nil)
 	if err != nil {
 		return err
 	}
-	e.Lab.Defer("close "+logf.Name(), logf.Close)
-	bopts := bpf.Options{PinDir: filepath.Join(probe.DefaultBPFFS, e.Lab.Name(name)), Cgroup: attach}
-	e.Lab.Defer("uninstall dataplane "+bopts.PinDir, func() error { return bpf.Uninstall(bopts) })
-	dp, err := dataplane.Open(dataplane.Options{
-		BPF: bopts, StateDir: filepath.Join(e.Lab.Dir, name+"-state"),
-		Logger: slog.New(slog.NewTextHandler(logf, &slog.HandlerOptions{Level: slog.LevelInfo})),
-	})
-	if err != nil {
-		return fmt.Errorf("dataplane: %w", err)
-	}
-	e.Lab.Defer("close dataplane "+name, dp.Close)
 	d.dp = dp
 
 	snap := &model.Snapshot{

@@ -23,12 +23,9 @@ static __noinline void km_msg_report(struct sk_msg_md *msg, struct km_sock_state
 	struct km_conn_event *ev;
 	__u64 *rx;
 
-	ev = bpf_ringbuf_reserve(&km_events, sizeof(*ev), 0);
-	if (!ev) {
-		km_stat_inc(KM_STAT_EVENTS_DROPPED);
+	ev = km_event_reserve();
+	if (!ev)
 		return;
-	}
-	__builtin_memset(ev, 0, sizeof(*ev));
 	ev->ts_ns = now;
 	ev->start_ns = st->start_ns;
 	ev->netns_cookie = bpf_get_netns_cookie(msg);
@@ -52,8 +49,7 @@ static __noinline void km_msg_report(struct sk_msg_md *msg, struct km_sock_state
 	ev->direction = st->direction;
 	ev->family = msg->family;
 	ev->flags = st->flags;
-	bpf_ringbuf_submit(ev, bpf_ringbuf_query(&km_events, BPF_RB_AVAIL_DATA) >= KM_EVENTS_WAKEUP_BYTES ?
-				       BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP); /* see sockops.c km_emit */
+	km_event_submit(ev);
 }
 
 SEC("sk_msg")

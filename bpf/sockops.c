@@ -109,21 +109,13 @@ static __always_inline void km_emit(struct bpf_sock_ops *skops, struct km_sock_s
 	/* Monitoring off: the telemetry path costs nothing, not even a reserve. */
 	if (cfg && (cfg->flags & KM_CFG_NO_EVENTS))
 		return;
-	ev = bpf_ringbuf_reserve(&km_events, sizeof(*ev), 0);
-	if (!ev) {
-		km_stat_inc(KM_STAT_EVENTS_DROPPED);
+	ev = km_event_reserve();
+	if (!ev)
 		return;
-	}
-	__builtin_memset(ev, 0, sizeof(*ev));
 	km_fill_event(ev, skops, st);
 	ev->ts_ns = now;
 	ev->type = type;
-	/* No wakeup per record (at thousands of connections per second that
-	 * was most of the telemetry path's cost): the reader polls the ring
-	 * every few milliseconds (pkg/dataplane EventReader) and is woken only
-	 * when a backlog builds up. */
-	bpf_ringbuf_submit(ev, bpf_ringbuf_query(&km_events, BPF_RB_AVAIL_DATA) >= KM_EVENTS_WAKEUP_BYTES ?
-				       BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
+	km_event_submit(ev);
 }
 
 static __always_inline void km_accel_insert(struct bpf_sock_ops *skops, struct km_sock_state *st)

@@ -168,4 +168,30 @@ static __always_inline struct km_cfg *km_cfg(void)
 	return bpf_map_lookup_elem(&km_config, &zero);
 }
 
+/* A zeroed connection record in km_events, or NULL (counted as dropped). */
+static __always_inline struct km_conn_event *km_event_reserve(void)
+{
+	struct km_conn_event *ev = bpf_ringbuf_reserve(&km_events, sizeof(*ev), 0);
+
+	if (!ev) {
+		km_stat_inc(KM_STAT_EVENTS_DROPPED);
+		return 0;
+	}
+	__builtin_memset(ev, 0, sizeof(*ev));
+	return ev;
+}
+
+/* Submits a record without waking the reader (a wakeup per record cost more
+ * than the rest of the telemetry path): the reader polls the ring
+ * (pkg/dataplane EventPollInterval) and is woken only once a backlog of
+ * KM_EVENTS_WAKEUP_BYTES builds up. */
+static __always_inline void km_event_submit(struct km_conn_event *ev)
+{
+	__u64 flags = BPF_RB_NO_WAKEUP;
+
+	if (bpf_ringbuf_query(&km_events, BPF_RB_AVAIL_DATA) >= KM_EVENTS_WAKEUP_BYTES)
+		flags = BPF_RB_FORCE_WAKEUP;
+	bpf_ringbuf_submit(ev, flags);
+}
+
 #endif

@@ -22,7 +22,7 @@ func (o *Objects) openControl() error {
 	}
 	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: replacementsFor(spec, o.Maps)})
 	if err != nil {
-		return fmt.Errorf("loading control programs: %w", verifierDetail(err))
+		return fmt.Errorf("loading control programs: %w", VerifierDetail(err))
 	}
 	o.flip = coll.Programs["km_flip"]
 	delete(coll.Programs, "km_flip")

@@ -7,9 +7,10 @@ import (
 	"hash/fnv"
 	"io/fs"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
-	"sort"
+	"slices"
 	"strings"
 	"time"
 
@@ -180,7 +181,7 @@ func Open(opts Options) (obj *Objects, err error) {
 			}
 		}
 	}()
-	for _, name := range sortedKeys(mapSpecs) {
+	for _, name := range slices.Sorted(maps.Keys(mapSpecs)) {
 		ms := mapSpecs[name]
 		path := filepath.Join(pinDir, "maps", name)
 		pinned, lerr := ebpf.LoadPinnedMap(path, nil)
@@ -226,7 +227,7 @@ func Open(opts Options) (obj *Objects, err error) {
 		}
 		coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: replacementsFor(spec, o.Maps)})
 		if err != nil {
-			return nil, fmt.Errorf("loading %s programs: %w", ob.name, verifierDetail(err))
+			return nil, fmt.Errorf("loading %s programs: %w", ob.name, VerifierDetail(err))
 		}
 		for name, p := range coll.Programs {
 			o.Programs[name] = p
@@ -292,7 +293,7 @@ type stagedMap struct {
 // every object agrees on them (they all include bpf/lib/maps.h).
 func canonicalMaps(specs map[string]*ebpf.CollectionSpec) (map[string]*ebpf.MapSpec, error) {
 	out := map[string]*ebpf.MapSpec{}
-	for _, oname := range sortedKeys(specs) {
+	for _, oname := range slices.Sorted(maps.Keys(specs)) {
 		for name, ms := range specs[oname].Maps {
 			if strings.HasPrefix(name, ".") {
 				continue // per-object data sections (.rodata)
@@ -643,17 +644,9 @@ func boolU32(b bool) uint32 {
 	return 0
 }
 
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
-}
-
-// verifierDetail keeps the end of a verifier log, where the reason is.
-func verifierDetail(err error) error {
+// VerifierDetail adds the end of a verifier log, where the reason is, to a
+// load error (for every loader of BPF objects).
+func VerifierDetail(err error) error {
 	var ve *ebpf.VerifierError
 	if errors.As(err, &ve) {
 		log := ve.Log

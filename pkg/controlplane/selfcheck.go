@@ -3,8 +3,9 @@ package controlplane
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
-	"sort"
+	"slices"
 
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
@@ -32,7 +33,7 @@ func selfCheck(file string, c *Config, r *Resources, nodeName string) error {
 		where[WorkloadUID(&c.Workloads[i])] = fmt.Sprintf("workloads[%d]", i)
 	}
 	snap := &model.Snapshot{Node: model.Node{Name: nodeName}}
-	for _, name := range sortedKeys(r.Addresses) {
+	for _, name := range slices.Sorted(maps.Keys(r.Addresses)) {
 		m, err := convertChecked(name, r.Addresses[name])
 		if err != nil {
 			errs = append(errs, &FieldError{File: file, Field: where[name], Msg: err.Error()})
@@ -120,13 +121,4 @@ func checkEnvoy(res map[string][]types.Resource) error {
 	}
 	_, _, err := compile.Compile(cfg)
 	return err
-}
-
-func sortedKeys[T any](m map[string]T) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
 }

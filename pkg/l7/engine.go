@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"reflect"
 	"slices"
@@ -251,7 +252,7 @@ func (e *Engine) checkCapacity(t *Tables) error {
 // and the enrolled local workloads.
 func (e *Engine) applyL4(ctx context.Context, clusters []model.Cluster) error {
 	svcs, wls := L4(clusters)
-	for _, uid := range sortedKeys(e.enrol) {
+	for _, uid := range slices.Sorted(maps.Keys(e.enrol)) {
 		wls = append(wls, e.enrol[uid])
 	}
 	return e.dp.Apply(ctx, &model.Snapshot{Node: e.node, Services: svcs, Workloads: wls})

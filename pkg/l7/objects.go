@@ -5,9 +5,10 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
-	"sort"
+	"slices"
 	"strings"
 	"unsafe"
 
@@ -129,7 +130,7 @@ func loadObjects(l4 *bpf.Objects, log *slog.Logger) (*objects, error) {
 	}()
 	// The kn_* maps, once: every object includes bpf/lib/kn.h.
 	mine := map[string]*ebpf.MapSpec{}
-	for _, sn := range sortedKeys(specs) {
+	for _, sn := range slices.Sorted(maps.Keys(specs)) {
 		for name, ms := range specs[sn].Maps {
 			if !strings.HasPrefix(name, "kn_") || ms.Type == ebpf.StructOpsMap || name == "kn_scratch" {
 				continue
@@ -137,7 +138,7 @@ func loadObjects(l4 *bpf.Objects, log *slog.Logger) (*objects, error) {
 			mine[name] = ms
 		}
 	}
-	for _, name := range sortedKeys(mine) {
+	for _, name := range slices.Sorted(maps.Keys(mine)) {
 		m, adopted, err := openPinnedMap(filepath.Join(o.pinDir, "maps", name), mine[name], log)
 		if err != nil {
 			return nil, err
@@ -163,7 +164,7 @@ func loadObjects(l4 *bpf.Objects, log *slog.Logger) (*objects, error) {
 	for name, m := range o.maps {
 		repl[name] = m
 	}
-	for _, sn := range sortedKeys(specs) {
+	for _, sn := range slices.Sorted(maps.Keys(specs)) {
 		spec := specs[sn]
 		r := map[string]*ebpf.Map{}
 		for name := range spec.Maps {
@@ -173,7 +174,7 @@ func loadObjects(l4 *bpf.Objects, log *slog.Logger) (*objects, error) {
 		}
 		coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: r})
 		if err != nil {
-			return nil, fmt.Errorf("loading %s (kernel-native, needs kmesh.ko): %w", sn, verifierDetail(err))
+			return nil, fmt.Errorf("loading %s (kernel-native, needs kmesh.ko): %w", sn, bpf.VerifierDetail(err))
 		}
 		for name, p := range coll.Programs {
 			o.progs[name] = p
@@ -227,7 +228,7 @@ func (o *objects) attach() error {
 			return err
 		}
 	}
-	for _, name := range sortedKeys(o.fresh) {
+	for _, name := range slices.Sorted(maps.Keys(o.fresh)) {
 		path := filepath.Join(o.pinDir, "maps", name)
 		tmp := path + "_new"
 		os.Remove(tmp)
@@ -363,25 +364,4 @@ func Uninstall(pinDir string) error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
-}
-
-func verifierDetail(err error) error {
-	var ve *ebpf.VerifierError
-	if errors.As(err, &ve) {
-		log := ve.Log
-		if len(log) > 40 {
-			log = log[len(log)-40:]
-		}
-		return fmt.Errorf("%w\n%s", err, strings.Join(log, "\n"))
-	}
-	return err
 }

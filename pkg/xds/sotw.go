@@ -7,7 +7,6 @@ import (
 	"io"
 	"maps"
 	"slices"
-	"sort"
 	"time"
 
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
@@ -160,7 +159,7 @@ func (c *Client) sotwResponse(ctx context.Context, s discovery.AggregatedDiscove
 		cand[typeURL] = merged
 	}
 	// Follow dependencies: clusters name their CLAs, listeners their routes.
-	edsNames, rdsNames := sortedKeys(edsDeps(cand[ClusterType])), sortedKeys(rdsDeps(cand[ListenerType]))
+	edsNames, rdsNames := slices.Sorted(maps.Keys(edsDeps(cand[ClusterType]))), slices.Sorted(maps.Keys(rdsDeps(cand[ListenerType])))
 	cand[EndpointType] = keep(cand[EndpointType], edsNames)
 	cand[RouteType] = keep(cand[RouteType], rdsNames)
 
@@ -327,15 +326,6 @@ func rdsDeps(listeners map[string]proto.Message) map[string]bool {
 			out[n] = true
 		}
 	}
-	return out
-}
-
-func sortedKeys(m map[string]bool) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Strings(out)
 	return out
 }
 
