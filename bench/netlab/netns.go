@@ -5,11 +5,9 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
-	"runtime"
 	"time"
 
-	"golang.org/x/sys/unix"
+	"github.com/kmesh-go/kmesh/pkg/netns"
 )
 
 // Netns is a named network namespace (/run/netns/<Name>) with loopback up.
@@ -36,38 +34,7 @@ func (l *Lab) NewNetns(role string) (*Netns, error) {
 
 // Do runs fn on an OS thread switched into the namespace. Sockets created by
 // fn stay in the namespace.
-func (n *Netns) Do(fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		// If switching back fails the thread stays locked and exits with the
-		// goroutine, so no other goroutine ever runs in the wrong namespace.
-		orig, err := os.Open("/proc/thread-self/ns/net")
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		target, err := os.Open(n.Path())
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer target.Close()
-		if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("setns %s: %w", n.Name, err)
-			return
-		}
-		ferr := fn()
-		if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("setns back from %s: %w", n.Name, err)
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
-}
+func (n *Netns) Do(fn func() error) error { return netns.Do(n.Path(), fn) }
 
 // Dial opens a TCP connection from inside the namespace.
 func (n *Netns) Dial(addr string, timeout time.Duration) (net.Conn, error) {

@@ -1,14 +1,13 @@
 package dataplane
 
 import (
-	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/kmesh-go/kmesh/pkg/netns"
 )
 
 // enrolKey is where a workload's enrolment lives in the maps: a cgroup id
@@ -58,47 +57,18 @@ func resolveCgroup(mount, path string) (id uint64, level int, abs string, err er
 // cookie through SO_NETNS_COOKIE. The switch happens on a locked OS thread
 // that is restored (or, if restoring fails, never reused).
 func netnsCookie(path string) (uint64, error) {
-	type result struct {
-		cookie uint64
-		err    error
-	}
-	ch := make(chan result, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := os.Open("/proc/thread-self/ns/net")
-		if err != nil {
-			ch <- result{err: err}
-			return
-		}
-		defer orig.Close()
-		target, err := os.Open(path)
-		if err != nil {
-			ch <- result{err: fmt.Errorf("netns %s: %w", path, err)}
-			return
-		}
-		defer target.Close()
-		if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
-			ch <- result{err: fmt.Errorf("entering netns %s: %w", path, err)}
-			return
-		}
-		var res result
+	var cookie uint64
+	err := netns.Do(path, func() error {
 		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-		if err == nil {
-			res.cookie, err = unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_NETNS_COOKIE)
-			unix.Close(fd)
+		if err != nil {
+			return err
 		}
-		res.err = err
-		if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
-			// Leave the thread locked: it exits with this goroutine.
-			ch <- result{err: errors.Join(res.err, fmt.Errorf("returning from netns %s: %w", path, err))}
-			return
-		}
-		runtime.UnlockOSThread()
-		if res.err != nil {
-			res.err = fmt.Errorf("netns %s cookie: %w", path, res.err)
-		}
-		ch <- res
-	}()
-	r := <-ch
-	return r.cookie, r.err
+		defer unix.Close(fd)
+		cookie, err = unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_NETNS_COOKIE)
+		return err
+	})
+	if err != nil {
+		return 0, fmt.Errorf("netns %s cookie: %w", path, err)
+	}
+	return cookie, nil
 }

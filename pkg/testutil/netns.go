@@ -4,16 +4,13 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"fmt"
 	"net"
-	"os"
 	"os/exec"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
+	"github.com/kmesh-go/kmesh/pkg/netns"
 )
 
 // Netns is a test-owned, named network namespace (/run/netns/<Name>), removed on
@@ -49,38 +46,7 @@ func NewNetns(tb testing.TB, prefix string) *Netns {
 
 // Do runs fn on an OS thread switched into the namespace. Sockets created in fn
 // stay in the namespace after fn returns, so tests can run servers in-process.
-func (n *Netns) Do(fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		// The thread is not unlocked if switching back fails: it then exits with
-		// the goroutine instead of serving other goroutines in the wrong netns.
-		orig, err := os.Open("/proc/thread-self/ns/net")
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		target, err := os.Open(n.Path())
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer target.Close()
-		if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("setns %s: %w", n.Name, err)
-			return
-		}
-		ferr := fn()
-		if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("setns back from %s: %w", n.Name, err)
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
-}
+func (n *Netns) Do(fn func() error) error { return netns.Do(n.Path(), fn) }
 
 // Listen opens a listener inside the namespace; it is closed on cleanup.
 func (n *Netns) Listen(tb testing.TB, network, addr string) net.Listener {

@@ -22,7 +22,6 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
-	"runtime"
 	"sort"
 	"strings"
 	"sync"
@@ -32,6 +31,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kmesh-go/kmesh/pkg/kmod"
+	"github.com/kmesh-go/kmesh/pkg/netns"
 	"github.com/kmesh-go/kmesh/pkg/probe"
 )
 
@@ -392,36 +392,7 @@ func topology(cl *cleanup) error {
 
 // inNetns runs fn on a thread switched into the named namespace; sockets made
 // there stay in it.
-func inNetns(ns string, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := os.Open("/proc/thread-self/ns/net")
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		target, err := os.Open("/run/netns/" + ns)
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer target.Close()
-		if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
-			errc <- err
-			return
-		}
-		ferr := fn()
-		if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
-			errc <- err // the thread stays locked and dies with the goroutine
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
-}
+func inNetns(ns string, fn func() error) error { return netns.Do("/run/netns/"+ns, fn) }
 
 func serveBackend(cl *cleanup, ns, ip, name string) error {
 	var ln net.Listener
