@@ -17,8 +17,9 @@ import (
 	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"google.golang.org/grpc"
-	"google.golang.org/protobuf/types/known/anypb"
 	"istio.io/istio/pkg/workloadapi"
+
+	"github.com/kmesh-go/kmesh/pkg/testutil"
 )
 
 // peer is go-control-plane's server on a loopback port, with linear caches
@@ -332,106 +333,18 @@ func TestDeltaNetworkCut(t *testing.T) {
 	c := cache.NewLinearCache(AddressType)
 	c.UpdateResources(map[string]types.Resource{"w1": wl("w1"), "w2": wl("w2")}, nil)
 	p := newPeer(t, "", c)
-	px := newCutProxy(t, p.addr)
+	px := testutil.NewCutProxy(t, p.addr)
 	h := newHandler()
 	var disconnects sync.WaitGroup
 	disconnects.Add(1)
 	var once sync.Once
-	startDelta(t, px.addr(), h, Hooks{OnDisconnect: func(error) { once.Do(disconnects.Done) }})
+	startDelta(t, px.Addr, h, Hooks{OnDisconnect: func(error) { once.Do(disconnects.Done) }})
 	waitFor(t, "initial sync", func() bool { return len(h.names()) == 2 })
-	px.cut()
+	px.Cut()
 	disconnects.Wait()
 	c.DeleteResource("w1")
 	c.UpdateResource("w5", wl("w5"))
 	time.Sleep(300 * time.Millisecond) // several failed attempts while cut
-	px.restore()
+	px.Restore()
 	waitFor(t, "resync after the cut", func() bool { return strings.Join(h.names(), ",") == "w2,w5" })
 }
-
-// cutProxy forwards TCP to a target until cut.
-type cutProxy struct {
-	t      *testing.T
-	target string
-	mu     sync.Mutex
-	lis    net.Listener
-	laddr  string
-	conns  []net.Conn
-}
-
-func newCutProxy(t *testing.T, target string) *cutProxy {
-	p := &cutProxy{t: t, target: target}
-	p.listen("127.0.0.1:0")
-	t.Cleanup(p.cut)
-	return p
-}
-
-func (p *cutProxy) addr() string { return p.laddr }
-
-func (p *cutProxy) listen(addr string) {
-	var lis net.Listener
-	var err error
-	for i := 0; i < 50; i++ {
-		if lis, err = net.Listen("tcp", addr); err == nil {
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	if err != nil {
-		p.t.Fatal(err)
-	}
-	p.mu.Lock()
-	p.lis, p.laddr = lis, lis.Addr().String()
-	p.mu.Unlock()
-	go func() {
-		for {
-			in, err := lis.Accept()
-			if err != nil {
-				return
-			}
-			out, err := net.DialTimeout("tcp", p.target, time.Second)
-			if err != nil {
-				in.Close()
-				continue
-			}
-			p.mu.Lock()
-			p.conns = append(p.conns, in, out)
-			p.mu.Unlock()
-			go pipe(in, out)
-			go pipe(out, in)
-		}
-	}()
-}
-
-func pipe(a, b net.Conn) {
-	buf := make([]byte, 32<<10)
-	for {
-		n, err := a.Read(buf)
-		if n > 0 {
-			if _, werr := b.Write(buf[:n]); werr != nil {
-				break
-			}
-		}
-		if err != nil {
-			break
-		}
-	}
-	a.Close()
-	b.Close()
-}
-
-func (p *cutProxy) cut() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.lis != nil {
-		p.lis.Close()
-		p.lis = nil
-	}
-	for _, c := range p.conns {
-		c.Close()
-	}
-	p.conns = nil
-}
-
-func (p *cutProxy) restore() { p.listen(p.laddr) }
-
-var _ = anypb.New

@@ -405,7 +405,7 @@ func TestNACKLastGoodServes(t *testing.T) {
 func TestReconnectResync(t *testing.T) {
 	e := newEnv(t)
 	p := cptest.NewPeer(t, "", e.config(1, 2))
-	px := cptest.NewCutProxy(t, p.Addr)
+	px := testutil.NewCutProxy(t, p.Addr)
 	var mu sync.Mutex
 	disconnects := 0
 	c := e.run(px.Addr, xds.Hooks{OnDisconnect: func(error) { mu.Lock(); disconnects++; mu.Unlock() }})

@@ -1,4 +1,4 @@
-package cptest
+package testutil
 
 import (
 	"net"
