@@ -114,27 +114,28 @@ func (d *Dataplane) adopt() error {
 			d.svcs[ps.Service.Key] = s
 		}
 		for _, w := range st.Workloads {
-			if w.id == 0 || w.uid == "" || d.wlByID[w.id] != nil {
+			if w.id == 0 || w.uid() == "" || d.wls.getID(w.id) != nil || d.wls.get(w.uid()) != nil {
 				continue
 			}
 			w.loc = d.internLoc(*w.loc)
-			if len(w.svcs) == 1 && w.svcs[0].ports == nil {
-				w.svcs = d.internMembership(w.svcs[0].key)
+			if ms := w.members(); len(ms) == 1 && ms[0].ports == nil {
+				w.svcs = d.internMembership(ms[0].key)
 			} else {
-				for i := range w.svcs { // the state's own list
-					w.svcs[i].key = d.internKey(w.svcs[i].key)
+				for i := range ms { // the state's own list
+					ms[i].key = d.internKey(ms[i].key)
 				}
 			}
 			if w.enrolment().cgroup != 0 {
 				d.cgLevels[w.enrolment().level]++
 			}
 			d.installWorkload(nil, w)
+			d.addMemberships(w)
 		}
 	}
 	if err := d.adoptWaypoints(); err != nil {
 		return fmt.Errorf("adopting %s: %w", bpf.MapWaypoint, err)
 	}
-	d.log.Info("adopted pinned dataplane", "services", len(d.svcs), "workloads", len(d.wls),
+	d.log.Info("adopted pinned dataplane", "services", len(d.svcs), "workloads", d.wls.len(),
 		"active_generations", len(active), "frontends", len(d.frontends))
 	return nil
 }
@@ -152,10 +153,10 @@ func (d *Dataplane) sweepUnowned() error {
 	}
 	owned := map[uint64]bool{}
 	ownedNs := map[uint64]bool{}
-	for _, w := range d.wls {
-		if w.enrol != nil {
-			owned[w.enrol.cgroup] = true
-			ownedNs[w.enrol.netns] = true
+	for w := range d.wls.all() {
+		if e := w.enrolled(); e != nil {
+			owned[e.cgroup] = true
+			ownedNs[e.netns] = true
 		}
 	}
 	for id := range d.enrolCg {

@@ -162,7 +162,7 @@ func (e *encoder) workload(w *model.Workload) {
 
 // state encodes the dataplane's own record of a workload (wlState).
 func (e *encoder) state(w *wlState) {
-	e.str(w.uid)
+	e.str(w.uid())
 	e.uvarint(uint64(w.id))
 	e.uvarint(w.hash)
 	for fam := range w.ep.has {
@@ -173,10 +173,10 @@ func (e *encoder) state(w *wlState) {
 	}
 	e.boolean(w.ep.local)
 	e.uvarint(uint64(w.weight))
-	e.boolean(w.healthy)
+	e.boolean(w.healthy())
 	e.locality(w.loc)
-	e.uvarint(uint64(len(w.svcs)))
-	for _, m := range w.svcs {
+	e.uvarint(uint64(len(w.members())))
+	for _, m := range w.members() {
 		e.str(m.key)
 		e.boolean(m.ports != nil)
 		e.uvarint(uint64(len(m.ports)))
@@ -192,14 +192,14 @@ func (e *encoder) state(w *wlState) {
 	e.uvarint(k.netns)
 	e.str(k.cgPath)
 	e.str(k.nsPath)
-	e.waypoint(w.wp)
+	e.waypoint(w.waypointRef())
 	// format 3
-	e.str(w.name)
-	e.str(w.namespace)
+	e.str(w.name())
+	e.str(w.namespace())
 	e.str(k.cgGiven)
-	e.boolean(w.addrs != nil)
-	if w.addrs != nil {
-		e.addrs(*w.addrs)
+	e.boolean(w.givenAddrs() != nil)
+	if a := w.givenAddrs(); a != nil {
+		e.addrs(*a)
 	}
 }
 
@@ -226,8 +226,9 @@ func encodeState(w io.Writer, p *persisted) error {
 }
 
 type decoder struct {
-	r   *bufio.Reader
-	err error
+	r     *bufio.Reader
+	err   error
+	alloc stateAlloc // the states read (chunked, see stateAlloc)
 }
 
 func (d *decoder) uvarint() uint64 {
@@ -331,7 +332,8 @@ func (d *decoder) u32() uint32 {
 }
 
 func (d *decoder) state(format int) *wlState {
-	w := &wlState{uid: d.str(), id: d.u32(), hash: d.uvarint()}
+	uid := d.str()
+	w := &wlState{id: d.u32(), hash: d.uvarint()}
 	for fam := range w.ep.has {
 		w.ep.has[fam] = d.boolean()
 		for i := range w.ep.addr[fam] {
@@ -340,12 +342,13 @@ func (d *decoder) state(format int) *wlState {
 	}
 	w.ep.local = d.boolean()
 	w.weight = d.u32()
-	w.healthy = d.boolean()
+	healthy := d.boolean()
 	loc := d.locality()
 	w.loc = &loc
 	if n := d.count(1 << 20); n > 0 {
-		w.svcs = make([]membership, n)
-		for i := range w.svcs {
+		ms := make([]membership, n)
+		w.svcs = &ms
+		for i := range ms {
 			m := membership{key: d.str()}
 			isSet := d.boolean()
 			if k := d.count(1 << 16); k > 0 || isSet {
@@ -354,16 +357,18 @@ func (d *decoder) state(format int) *wlState {
 			for j := range m.ports {
 				m.ports[j] = model.WorkloadPort{ServicePort: d.u16(), TargetPort: d.u16()}
 			}
-			w.svcs[i] = m
+			ms[i] = m
 		}
 	}
 	k := enrolKey{present: d.boolean(), cgroup: d.uvarint(), level: int(d.uvarint()), netns: d.uvarint(), cgPath: d.str(), nsPath: d.str()}
-	w.wp = d.waypoint()
+	wp := d.waypoint()
+	var name, namespace string
+	var addrs *[]netip.Addr
 	if format >= 3 {
-		w.name, w.namespace, k.cgGiven = d.str(), d.str(), d.str()
+		name, namespace, k.cgGiven = d.str(), d.str(), d.str()
 		if d.boolean() {
 			a := d.addrs()
-			w.addrs = &a
+			addrs = &a
 		}
 	} else {
 		// Format 2 did not keep names and the address list: zero the hash
@@ -373,10 +378,19 @@ func (d *decoder) state(format int) *wlState {
 			k.cgGiven = k.cgPath
 		}
 	}
-	if k.present {
-		w.enrol = &k
+	n := d.alloc.state(uid, name, namespace)
+	n.id, n.hash, n.ep, n.weight, n.loc, n.svcs = w.id, w.hash, w.ep, w.weight, w.loc, w.svcs
+	n.setHealthy(healthy)
+	if wp != nil {
+		n.rare().wp = wp
 	}
-	return w
+	if addrs != nil {
+		n.rare().addrs = addrs
+	}
+	if k.present {
+		n.rare().enrol = &k
+	}
+	return n
 }
 
 func (d *decoder) workload() *model.Workload {

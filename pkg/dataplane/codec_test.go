@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"net/netip"
 	"reflect"
+	"strings"
 	"testing"
 
 	"github.com/kmesh-go/kmesh/pkg/model"
@@ -77,14 +78,24 @@ func TestCodecCoversModel(t *testing.T) {
 	}
 
 	loc := model.Locality{Region: "r", Zone: "z"}
-	st := &wlState{uid: "u", id: 5, hash: 77, weight: 3, healthy: true, loc: &loc,
-		ep:    endpoint{addr: [2][4]uint32{{1, 2, 3, 4}, {5, 6, 7, 8}}, has: [2]bool{true, true}, local: true},
-		svcs:  []membership{{key: "a"}, {key: "b", ports: []model.WorkloadPort{{ServicePort: 80, TargetPort: 8080}}}, {key: "c", ports: []model.WorkloadPort{}}},
-		enrol: &enrolKey{present: true, cgroup: 99, level: 2, netns: 4096, cgPath: "/x", nsPath: "/y", cgGiven: "x"},
-		name:  "n", namespace: "ns", addrs: &[]netip.Addr{netip.MustParseAddr("fd00::1"), netip.MustParseAddr("10.0.0.1")}}
+	st := newWlState("u", "n", "ns")
+	st.id, st.hash, st.weight, st.loc = 5, 77, 3, &loc
+	st.setHealthy(true)
+	st.ep = endpoint{addr: [2][4]uint32{{1, 2, 3, 4}, {5, 6, 7, 8}}, has: [2]bool{true, true}, local: true}
+	st.svcs = &[]membership{{key: "a"}, {key: "b", ports: []model.WorkloadPort{{ServicePort: 80, TargetPort: 8080}}}, {key: "c", ports: []model.WorkloadPort{}}}
+	st.x = &wlRare{enrol: &enrolKey{present: true, cgroup: 99, level: 2, netns: 4096, cgPath: "/x", nsPath: "/y", cgGiven: "x"},
+		addrs: &[]netip.Addr{netip.MustParseAddr("fd00::1"), netip.MustParseAddr("10.0.0.1")}}
+	bare := newWlState("bare", "", "")
+	bare.id, bare.loc = 6, &model.Locality{}
+	long := newWlState(strings.Repeat("u", longNames), "name", "ns") // names over 64 KiB live in x
+	long.id, long.loc = 7, &model.Locality{}
 	in := &persisted{Format: stateFormat, Node: node,
 		Services:  []persistedSvc{{ID: 3, Service: &svc}, {ID: 4, Service: &model.Service{Key: "empty"}}},
-		Workloads: []*wlState{st, {uid: "bare", id: 6, loc: &model.Locality{}}}}
+		Workloads: []*wlState{st, bare, long}}
+	if long.uid() != strings.Repeat("u", longNames) || long.name() != "name" || long.namespace() != "ns" ||
+		st.uid() != "u" || st.name() != "n" || st.namespace() != "ns" {
+		t.Fatal("names of a state are not given back")
+	}
 	b.Reset()
 	if err := encodeState(&b, in); err != nil {
 		t.Fatal(err)
@@ -125,7 +136,7 @@ func TestWorkloadModelRoundTrip(t *testing.T) {
 		Services: map[string][]model.WorkloadPort{"a": nil, "b": {}}}
 	mapped := model.Workload{UID: "u2", Addresses: []netip.Addr{netip.MustParseAddr("::ffff:10.0.0.8")}}
 	v6first := model.Workload{UID: "u3", Addresses: []netip.Addr{netip.MustParseAddr("fd00::9"), netip.MustParseAddr("10.0.0.9")}}
-	d := &Dataplane{wls: map[string]*wlState{}, wlByID: map[uint32]*wlState{}, keys: map[string][]membership{},
+	d := &Dataplane{keys: map[string]*[]membership{},
 		locs: map[model.Locality]*model.Locality{}, enrolCg: map[uint64]uint32{}, enrolNs: map[uint64]uint32{}}
 	p := &plan{wlUpByID: map[uint32]*wlState{}}
 	var scratch sink
@@ -142,7 +153,7 @@ func TestWorkloadModelRoundTrip(t *testing.T) {
 		}
 		states = append(states, st)
 	}
-	if states[1].addrs != nil {
+	if states[1].givenAddrs() != nil {
 		t.Error("an IPv4+IPv6 workload keeps a copy of its address list")
 	}
 	var b bytes.Buffer

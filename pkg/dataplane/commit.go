@@ -28,7 +28,7 @@ func (d *Dataplane) commit(p *plan) error {
 	// 1. enrolments.
 	levelsChanged := false
 	for _, uid := range p.special {
-		st, cur := p.wlUp[uid], d.wls[uid]
+		st, cur := p.wlUp[uid], d.wls.get(uid)
 		if e := st.enrolment(); e.cgroup != 0 && (cur == nil || cur.enrolment().cgroup != e.cgroup) {
 			if err := maps[bpf.MapEnrolCg].Put(e.cgroup, bpf.Enrol{WorkloadId: st.id, Flags: d.enrolFlags(p, uid)}); err != nil {
 				return fmt.Errorf("enrolling cgroup %s: %w", e.cgPath, err)
@@ -109,20 +109,23 @@ func (d *Dataplane) commit(p *plan) error {
 	}
 
 	// 5. workload bookkeeping; superseded enrolments.
-	if len(d.wls) == 0 && len(p.wlUp) > 1024 {
+	if d.wls.len() == 0 && len(p.wlUp) > 1024 {
 		// The first full push: size the indexes once.
-		d.wls, d.wlByID = make(map[string]*wlState, len(p.wlUp)), make(map[uint32]*wlState, len(p.wlUp))
+		d.wls.reserve(len(p.wlUp))
 		d.addrIndex.v4 = make(map[uint32]uint32, len(p.wlUp))
 	}
+	// Member lists first: should a step below fail, they name workloads
+	// of the plan, which readers skip while they have no state.
+	d.setMembers(p)
 	for uid := range p.wlDel {
-		cur := d.wls[uid]
+		cur := d.wls.get(uid)
 		if err := d.dropEnrolment(cur.enrolment(), enrolKey{}, &levelsChanged); err != nil {
 			return err
 		}
 		d.removeWorkload(cur)
 	}
 	for uid, st := range p.wlUp {
-		cur := d.wls[uid]
+		cur := d.wls.get(uid)
 		if cur != nil {
 			if err := d.dropEnrolment(cur.enrolment(), st.enrolment(), &levelsChanged); err != nil {
 				return err

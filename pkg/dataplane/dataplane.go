@@ -62,10 +62,9 @@ type Dataplane struct {
 	node        model.Node
 	svcIDs      *idSpace
 	svcs        map[string]*svcState
-	wls         map[string]*wlState // by uid
-	wlByID      map[uint32]*wlState
-	members     map[string]map[uint32]struct{} // service key -> workloads naming it
-	keys        map[string][]membership        // interned service keys of memberships (internMembership)
+	wls         wlTable                  // by uid and by id
+	members     map[string][]uint32      // service key -> ids of the workloads naming it
+	keys        map[string]*[]membership // interned service keys of memberships (internMembership)
 	locs        map[model.Locality]*model.Locality
 	frontends   map[bpf.FrontendKey]uint32 // what km_frontend holds
 	genSeq      map[uint32]uint32          // last generation used per service id
@@ -121,9 +120,9 @@ func Open(opts Options) (*Dataplane, error) {
 	}
 	d := &Dataplane{
 		obj: obj, log: opts.Logger, opts: opts, cgroupMount: mount,
-		svcIDs: newIDSpace(bpf.MaxServices),
-		svcs:   map[string]*svcState{}, wls: map[string]*wlState{}, wlByID: map[uint32]*wlState{},
-		members: map[string]map[uint32]struct{}{}, keys: map[string][]membership{}, locs: map[model.Locality]*model.Locality{},
+		svcIDs:  newIDSpace(bpf.MaxServices),
+		svcs:    map[string]*svcState{},
+		members: map[string][]uint32{}, keys: map[string]*[]membership{}, locs: map[model.Locality]*model.Locality{},
 		frontends: map[bpf.FrontendKey]uint32{}, genSeq: map[uint32]uint32{},
 		enrolCg: map[uint64]uint32{}, enrolNs: map[uint64]uint32{}, cgLevels: map[int]int{},
 	}
@@ -183,8 +182,8 @@ func (d *Dataplane) ServiceKey(id uint32) (string, bool) {
 func (d *Dataplane) WorkloadUID(id uint32) (string, bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if w := d.wlByID[id]; w != nil {
-		return w.uid, true
+	if w := d.wls.getID(id); w != nil {
+		return w.uid(), true
 	}
 	return "", false
 }
@@ -199,7 +198,7 @@ func (d *Dataplane) Usage() Usage {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	ps, pg := d.gc.pending()
-	return Usage{Services: len(d.svcs), Workloads: len(d.wls), Frontends: len(d.frontends),
+	return Usage{Services: len(d.svcs), Workloads: d.wls.len(), Frontends: len(d.frontends),
 		Slots: d.live.slots, Generations: d.live.gens, PendingSlots: ps, PendingGenerations: pg}
 }
 
@@ -338,18 +337,22 @@ type plan struct {
 	fe      map[bpf.FrontendKey]uint32
 	feAdd   []bpf.FrontendKey
 	feDel   []bpf.FrontendKey
-	members map[string]map[uint32]struct{} // membership of touched services in the new view
-	wp      *wpPlan                        // waypoint changes (nil: none)
+	members map[string][]uint32 // membership of touched services in the new view (ids)
+	alloc   *stateAlloc         // new workload states of a large push (nil: one by one)
+	wp      *wpPlan             // waypoint changes (nil: none)
 }
 
 func (d *Dataplane) plan(ch change) (p *plan, err error) {
 	p = &plan{node: d.node, full: ch.full, svcUp: map[string]*model.Service{}, svcDel: map[string]bool{},
 		wlUp: map[string]*wlState{}, wlUpByID: map[uint32]*wlState{}, wlDel: map[string]bool{}, renders: map[string]rendered{},
-		members: map[string]map[uint32]struct{}{}}
-	if n := len(ch.wls); n > 64 && len(d.wls) < n/2 {
+		members: map[string][]uint32{}}
+	if n := len(ch.wls); n > 64 && d.wls.len() < n/2 {
 		// A large push of mostly new workloads: size the tables once
 		// instead of growing them step by step.
 		p.wlUp, p.wlUpByID = make(map[string]*wlState, n), make(map[uint32]*wlState, n)
+	}
+	if len(ch.wls) > 1024 {
+		p.alloc = &stateAlloc{}
 	}
 	assigned := p // ids assigned while planning go back if the plan fails
 	defer func() {
@@ -403,8 +406,12 @@ func (d *Dataplane) plan(ch change) (p *plan, err error) {
 	// lists who joins each (collected here, while each state is fresh in
 	// the cache).
 	joins := map[string][]uint32{}
+	kept := 0 // current workloads the change names
 	for _, it := range d.classify(ch) {
 		uid, wl, cur, h := it.uid, it.wl, it.cur, it.hash
+		if cur != nil && wl != nil {
+			kept++
+		}
 		if wl == nil {
 			if cur != nil {
 				p.wlDel[uid] = true
@@ -421,27 +428,27 @@ func (d *Dataplane) plan(ch change) (p *plan, err error) {
 		p.wlUp[uid] = st
 		p.wlUpByID[st.id] = st
 		if cur != nil {
-			for _, m := range cur.svcs {
+			for _, m := range cur.members() {
 				touched[m.key] = true
 			}
 		}
-		if st.enrol != nil || st.wp != nil || (cur != nil && (cur.enrol != nil || cur.wp != nil)) {
+		if st.special() || (cur != nil && cur.special()) {
 			p.special = append(p.special, uid)
 		}
-		for _, m := range st.svcs {
+		for _, m := range st.members() {
 			touched[m.key] = true
 			joins[m.key] = append(joins[m.key], st.id)
 		}
 	}
-	if ch.full {
-		for uid := range d.wls {
-			if _, ok := ch.wls[uid]; !ok {
-				p.wlDel[uid] = true
+	if ch.full && kept < d.wls.len() { // else every current workload is named
+		for w := range d.wls.all() {
+			if _, ok := ch.wls[w.uid()]; !ok {
+				p.wlDel[w.uid()] = true
 			}
 		}
 	}
 	for uid := range p.wlDel {
-		for _, m := range d.wls[uid].svcs {
+		for _, m := range d.wls.get(uid).members() {
 			touched[m.key] = true
 		}
 	}
@@ -456,17 +463,14 @@ func (d *Dataplane) plan(ch change) (p *plan, err error) {
 	// Membership of touched services in the new view: the current members
 	// that stay, plus the upserted workloads that name the service.
 	for key := range touched {
-		set := make(map[uint32]struct{}, len(d.members[key])+len(joins[key]))
-		for id := range d.members[key] {
-			w := d.wlByID[id]
-			if !p.wlDel[w.uid] && p.wlUp[w.uid] == nil {
-				set[id] = struct{}{}
+		cur, join := d.members[key], joins[key]
+		ids := make([]uint32, 0, len(cur)+len(join))
+		for _, id := range cur {
+			if w := d.wls.getID(id); w != nil && !p.wlDel[w.uid()] && p.wlUp[w.uid()] == nil {
+				ids = append(ids, id)
 			}
 		}
-		for _, id := range joins[key] {
-			set[id] = struct{}{}
-		}
-		p.members[key] = set
+		p.members[key] = append(ids, join...)
 	}
 
 	// Render every touched service that exists in the new view.
@@ -546,7 +550,7 @@ func (d *Dataplane) classify(ch change) []wlItem {
 		var scratch sink
 		for i := lo; i < hi; i++ {
 			it := &items[i]
-			it.cur = d.wls[it.uid]
+			it.cur = d.wls.get(it.uid)
 			if it.wl != nil {
 				it.hash = hashWorkload(&scratch, it.wl)
 			}
@@ -718,7 +722,7 @@ func (d *Dataplane) checkCapacity(p *plan) error {
 	}
 	var cg, ns []delta
 	for uid := range p.wlDel {
-		w := d.wls[uid]
+		w := d.wls.get(uid)
 		if w.enrolment().cgroup != 0 {
 			cg = append(cg, delta{key: uid, wl: true, n: -1})
 		}
@@ -729,21 +733,19 @@ func (d *Dataplane) checkCapacity(p *plan) error {
 	for _, uid := range p.special {
 		st := p.wlUp[uid]
 		c, n := 0, 0
-		if cur := d.wls[uid]; cur != nil && cur.enrol != nil {
-			if cur.enrol.cgroup != 0 {
+		if cur := d.wls.get(uid); cur != nil {
+			if e := cur.enrolment(); e.cgroup != 0 {
 				c--
 			}
-			if cur.enrol.netns != 0 {
+			if e := cur.enrolment(); e.netns != 0 {
 				n--
 			}
 		}
-		if st.enrol != nil {
-			if st.enrol.cgroup != 0 {
-				c++
-			}
-			if st.enrol.netns != 0 {
-				n++
-			}
+		if e := st.enrolment(); e.cgroup != 0 {
+			c++
+		}
+		if e := st.enrolment(); e.netns != 0 {
+			n++
 		}
 		if c != 0 {
 			cg = append(cg, delta{key: uid, wl: true, n: c})

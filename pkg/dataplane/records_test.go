@@ -84,8 +84,8 @@ func testRecords(t *testing.T, accel bool) {
 		}
 	}
 	svcID, _ := e.dp.svcIDs.lookup("default/acc")
-	clID := e.dp.wls["uid-client"].id
-	beID := e.dp.wls["uid-acc"].id
+	clID := e.dp.wls.get("uid-client").id
+	beID := e.dp.wls.get("uid-acc").id
 
 	check := func(side string, evs []ConnEvent, dir Direction, src, dst uint32, sent, recv int64) {
 		t.Helper()

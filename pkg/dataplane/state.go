@@ -47,8 +47,8 @@ func (d *Dataplane) snapshotState() *persisted {
 			p.Services = append(p.Services, persistedSvc{ID: id, Service: s.svc})
 		}
 	}
-	p.Workloads = make([]*wlState, 0, len(d.wls))
-	for _, w := range d.wls {
+	p.Workloads = make([]*wlState, 0, d.wls.len())
+	for w := range d.wls.all() {
 		p.Workloads = append(p.Workloads, w)
 	}
 	return p

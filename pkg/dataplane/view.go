@@ -19,14 +19,14 @@ type WorkloadName struct {
 }
 
 func (w *wlState) names() WorkloadName {
-	return WorkloadName{UID: w.uid, Name: w.name, Namespace: w.namespace}
+	return WorkloadName{UID: w.uid(), Name: w.name(), Namespace: w.namespace()}
 }
 
 // WorkloadByID names the workload behind a workload id of the maps.
 func (d *Dataplane) WorkloadByID(id uint32) (WorkloadName, bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if w := d.wlByID[id]; w != nil {
+	if w := d.wls.getID(id); w != nil {
 		return w.names(), true
 	}
 	return WorkloadName{}, false
@@ -40,7 +40,7 @@ func (d *Dataplane) WorkloadByAddr(a netip.Addr) (WorkloadName, bool) {
 	if !ok {
 		return WorkloadName{}, false
 	}
-	if w := d.wlByID[id]; w != nil {
+	if w := d.wls.getID(id); w != nil {
 		return w.names(), true
 	}
 	return WorkloadName{}, false
@@ -78,13 +78,13 @@ func (d *Dataplane) ServiceByAddr(a netip.AddrPort) (model.Service, bool) {
 func (d *Dataplane) Snapshot() *model.Snapshot {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	s := &model.Snapshot{Node: d.node, Services: make([]model.Service, 0, len(d.svcs)), Workloads: make([]model.Workload, 0, len(d.wls))}
+	s := &model.Snapshot{Node: d.node, Services: make([]model.Service, 0, len(d.svcs)), Workloads: make([]model.Workload, 0, d.wls.len())}
 	for _, sv := range d.svcs {
 		if sv.svc != nil {
 			s.Services = append(s.Services, *copyService(sv.svc))
 		}
 	}
-	for _, w := range d.wls {
+	for w := range d.wls.all() {
 		s.Workloads = append(s.Workloads, w.model())
 	}
 	sort.Slice(s.Services, func(i, j int) bool { return s.Services[i].Key < s.Services[j].Key })
@@ -135,8 +135,8 @@ func (x *addrIndex) set(w [4]uint32, v4 bool, id uint32, remove bool) {
 
 // index adds (or, with remove, drops) every address of w.
 func (x *addrIndex) index(w *wlState, remove bool) {
-	if w.addrs != nil {
-		for _, a := range *w.addrs {
+	if as := w.givenAddrs(); as != nil {
+		for _, a := range *as {
 			a = a.Unmap()
 			x.set(addr16(a), a.Is4(), w.id, remove)
 		}

@@ -84,22 +84,22 @@ func (d *Dataplane) plannedWorkload(p *plan, uid string) *wlState {
 	if st := p.wlUp[uid]; st != nil {
 		return st
 	}
-	return d.wls[uid]
+	return d.wls.get(uid)
 }
 
 // plannedMembers are the workloads naming service key in the planned view.
 func (d *Dataplane) plannedMembers(p *plan, key string) []*wlState {
-	set, ok := p.members[key]
+	ids, ok := p.members[key]
 	if !ok {
-		set = d.members[key]
+		ids = d.members[key]
 	}
-	out := make([]*wlState, 0, len(set))
-	for id := range set {
+	out := make([]*wlState, 0, len(ids))
+	for _, id := range ids {
 		st := p.wlUpByID[id]
 		if st == nil {
-			st = d.wlByID[id]
+			st = d.wls.getID(id)
 		}
-		if st != nil && !p.wlDel[st.uid] {
+		if st != nil && !p.wlDel[st.uid()] {
 			out = append(out, st)
 		}
 	}
@@ -143,10 +143,10 @@ func (d *Dataplane) planWaypoints(p *plan) error {
 	}
 	for _, uid := range p.special {
 		st := p.wlUp[uid]
-		if st.wp == nil {
+		if st.waypointRef() == nil {
 			continue
 		}
-		if err := validateWaypoint(wlObject(uid), "", st.wp); err != nil {
+		if err := validateWaypoint(wlObject(uid), "", st.waypointRef()); err != nil {
 			return err
 		}
 	}
@@ -170,7 +170,7 @@ func (d *Dataplane) planWaypoints(p *plan) error {
 	}
 	for _, k := range p.special { // other upserts have and had no waypoint
 		st := p.wlUp[k]
-		if st.wp != nil {
+		if st.waypointRef() != nil {
 			wls[k] = true
 		} else {
 			delete(wls, k)
@@ -242,10 +242,10 @@ func (d *Dataplane) planWaypoints(p *plan) error {
 	}
 	for _, uid := range sortedSet(wls) {
 		w := d.plannedWorkload(p, uid)
-		if w == nil || w.wp == nil {
+		if w == nil || w.waypointRef() == nil {
 			continue
 		}
-		v, reason := target(wlObject(uid), w.wp)
+		v, reason := target(wlObject(uid), w.waypointRef())
 		// The workload's addresses: its first of each family (as for
 		// endpoints), v4 mapped like every address key.
 		for fam := range w.ep.has {
@@ -254,14 +254,14 @@ func (d *Dataplane) planWaypoints(p *plan) error {
 			}
 			addr := w.ep.addr[fam]
 			put(bpf.WaypointKey{Addr: addr}, v, reason)
-			for _, m := range w.svcs {
+			for _, m := range w.members() {
 				s := d.plannedService(p, m.key)
 				if s == nil {
 					continue
 				}
 				for _, port := range s.Ports {
 					if port.ServerFirst {
-						put(bpf.WaypointKey{Addr: addr, Port: htons(targetPort(port, m.ports))}, serverFirst(w.wp), "")
+						put(bpf.WaypointKey{Addr: addr, Port: htons(targetPort(port, m.ports))}, serverFirst(w.waypointRef()), "")
 					}
 				}
 			}
@@ -282,7 +282,7 @@ func (d *Dataplane) planWaypoints(p *plan) error {
 	for ref := range refs {
 		for _, w := range d.plannedMembers(p, ref) {
 			if w.enrolment().present {
-				wp.next.exempt[w.uid] = true
+				wp.next.exempt[w.uid()] = true
 			}
 		}
 	}
@@ -388,7 +388,7 @@ func (d *Dataplane) commitWaypoints(p *plan) error {
 		}
 	}
 	for _, uid := range p.wp.exemptOff {
-		w := d.wls[uid]
+		w := d.wls.get(uid)
 		if w == nil || !w.enrolment().present {
 			continue // gone, with its enrolment
 		}
@@ -423,8 +423,9 @@ func (d *Dataplane) adoptWaypoints() error {
 			d.wp.svcs[key] = true
 		}
 	}
-	for uid, w := range d.wls {
-		if w.wp != nil {
+	for w := range d.wls.all() {
+		uid := w.uid()
+		if w.waypointRef() != nil {
 			d.wp.wls[uid] = true
 		}
 		var e bpf.Enrol

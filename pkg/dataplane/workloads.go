@@ -6,6 +6,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"unsafe"
 
 	"github.com/kmesh-go/kmesh/pkg/bpf"
 	"github.com/kmesh-go/kmesh/pkg/model"
@@ -21,20 +22,179 @@ import (
 // It is also the daemon's only copy of the workload: with name, namespace,
 // and the address list when ep does not already say it, it gives back the
 // model value exactly (model(): the config dump, telemetry names).
+//
+// The layout is packed into the 96-byte size class (TestWlStateSize): uid,
+// name and namespace share one string, the membership list is a pointer (most
+// workloads share their service's list, see internMembership), and what few
+// workloads have (an enrolment, a waypoint, an address list ep does not say,
+// a uid from 64 KiB or a name from 32 KiB on) sits behind one pointer.
 type wlState struct {
-	uid       string
-	name      string
-	namespace string
-	id        uint32
-	weight    uint32
-	hash      uint64 // of the workload as given (change detection)
-	ep        endpoint
-	healthy   bool               // packs into ep's padding (160-byte size class)
-	loc       *model.Locality    // interned
-	svcs      []membership       // sorted by key; read only (may be shared, see internMembership)
-	enrol     *enrolKey          // nil unless enrolled on this node (few are)
-	wp        *model.WaypointRef // nil unless the workload has a waypoint (few do)
-	addrs     *[]netip.Addr      // the addresses as given, when epAddrs() differs (rare)
+	strs    string // uid, name, namespace (see uid(); in x when long)
+	hash    uint64 // of the workload as given (change detection)
+	loc     *model.Locality
+	svcs    *[]membership // sorted by key; read only (may be shared, see internMembership); nil: none
+	x       *wlRare       // nil unless the workload has one of its fields
+	id      uint32
+	weight  uint32
+	ep      endpoint
+	uidLen  uint16 // longNames: uid is strs, name and namespace are in x
+	nameLen uint16 // and healthyBit (the struct has no spare byte for a bool)
+}
+
+const healthyBit = 0x8000
+
+func (w *wlState) healthy() bool { return w.nameLen&healthyBit != 0 }
+
+func (w *wlState) setHealthy(h bool) {
+	w.nameLen &^= healthyBit
+	if h {
+		w.nameLen |= healthyBit
+	}
+}
+
+// wlRare holds what few workloads have.
+type wlRare struct {
+	enrol           *enrolKey          // enrolled on this node
+	wp              *model.WaypointRef // the workload has a waypoint
+	addrs           *[]netip.Addr      // the addresses as given, when epAddrs() differs
+	name, namespace string             // uidLen == longNames
+}
+
+const longNames = 0xffff
+
+// newWlState is a state with the names given (copied into one string: the
+// state outlives the caller's model, whose memory is then freed whole instead
+// of kept alive by a few strings in each of its pages).
+func newWlState(uid, name, namespace string) *wlState {
+	return (*stateAlloc)(nil).state(uid, name, namespace)
+}
+
+// stateAlloc hands out the workload states of a large push (or of the state
+// file) and their name strings from chunks. Allocated one by one, they would
+// land in the holes the collector left in spans of the caller's model and of
+// decoding garbage, and keep those spans ~half empty once the model is freed
+// (measured: 16 MB of 49 MB heap in use for a 100k-workload push). A chunk
+// is freed when none of its states is referenced any more; 64 states (one
+// 6 KiB allocation) and 8 KiB of names are about what one span of the
+// allocator holds, so later churn leaves no more waste than it would there.
+// A nil *stateAlloc allocates each state and string on its own.
+type stateAlloc struct {
+	states []wlState
+	bytes  []byte
+}
+
+const (
+	stateChunk = 64
+	bytesChunk = 8 << 10
+)
+
+func (a *stateAlloc) state(uid, name, namespace string) *wlState {
+	var w *wlState
+	if a == nil {
+		w = &wlState{}
+	} else {
+		if len(a.states) == 0 {
+			a.states = make([]wlState, stateChunk)
+		}
+		w, a.states = &a.states[0], a.states[1:]
+	}
+	if len(uid) >= longNames || len(name) >= healthyBit {
+		w.strs, w.uidLen = strings.Clone(uid), longNames
+		w.rare().name, w.x.namespace = strings.Clone(name), strings.Clone(namespace)
+		return w
+	}
+	w.strs, w.uidLen, w.nameLen = a.concat(uid, name, namespace), uint16(len(uid)), uint16(len(name))
+	return w
+}
+
+// concat is one new string holding a, b and c.
+func (a *stateAlloc) concat(s ...string) string {
+	n := 0
+	for _, x := range s {
+		n += len(x)
+	}
+	if a == nil || n == 0 || n > bytesChunk/8 {
+		var b strings.Builder
+		b.Grow(n)
+		for _, x := range s {
+			b.WriteString(x)
+		}
+		return b.String()
+	}
+	if len(a.bytes) < n {
+		a.bytes = make([]byte, bytesChunk)
+	}
+	buf := a.bytes[:n:n]
+	a.bytes = a.bytes[n:]
+	i := 0
+	for _, x := range s {
+		i += copy(buf[i:], x)
+	}
+	return unsafe.String(&buf[0], n) // buf is never written again
+}
+
+// rare returns x, allocating it (only while the state is being built).
+func (w *wlState) rare() *wlRare {
+	if w.x == nil {
+		w.x = &wlRare{}
+	}
+	return w.x
+}
+
+func (w *wlState) uid() string {
+	if w.uidLen == longNames {
+		return w.strs
+	}
+	return w.strs[:w.uidLen]
+}
+
+func (w *wlState) name() string {
+	if w.uidLen == longNames {
+		return w.x.name
+	}
+	return w.strs[w.uidLen : int(w.uidLen)+int(w.nameLen&^healthyBit)]
+}
+
+func (w *wlState) namespace() string {
+	if w.uidLen == longNames {
+		return w.x.namespace
+	}
+	return w.strs[int(w.uidLen)+int(w.nameLen&^healthyBit):]
+}
+
+// members are the workload's service memberships (read only).
+func (w *wlState) members() []membership {
+	if w.svcs == nil {
+		return nil
+	}
+	return *w.svcs
+}
+
+// enrolled is the enrolment on this node, nil if none.
+func (w *wlState) enrolled() *enrolKey {
+	if w.x == nil {
+		return nil
+	}
+	return w.x.enrol
+}
+
+// waypointRef is the workload's waypoint, nil if none.
+func (w *wlState) waypointRef() *model.WaypointRef {
+	if w.x == nil {
+		return nil
+	}
+	return w.x.wp
+}
+
+// special: enrolled here or with a waypoint (see plan.special).
+func (w *wlState) special() bool { return w.x != nil && (w.x.enrol != nil || w.x.wp != nil) }
+
+// givenAddrs is the address list as given when epAddrs() differs, else nil.
+func (w *wlState) givenAddrs() *[]netip.Addr {
+	if w.x == nil {
+		return nil
+	}
+	return w.x.addrs
 }
 
 // epAddrs is the address list ep stands for: IPv4, then IPv6.
@@ -66,33 +226,33 @@ func (w *wlState) epSays(as []netip.Addr) bool {
 
 // model is the workload as it was given.
 func (w *wlState) model() model.Workload {
-	m := model.Workload{UID: w.uid, Name: w.name, Namespace: w.namespace, Locality: *w.loc, Weight: w.weight, Healthy: w.healthy}
-	if w.addrs != nil {
-		m.Addresses = slices.Clone(*w.addrs)
+	m := model.Workload{UID: w.uid(), Name: w.name(), Namespace: w.namespace(), Locality: *w.loc, Weight: w.weight, Healthy: w.healthy()}
+	if a := w.givenAddrs(); a != nil {
+		m.Addresses = slices.Clone(*a)
 	} else {
 		m.Addresses = w.epAddrs()
 	}
-	if len(w.svcs) > 0 {
-		m.Services = make(map[string][]model.WorkloadPort, len(w.svcs))
-		for _, ms := range w.svcs {
+	if ms := w.members(); len(ms) > 0 {
+		m.Services = make(map[string][]model.WorkloadPort, len(ms))
+		for _, ms := range ms {
 			m.Services[ms.key] = slices.Clone(ms.ports)
 		}
 	}
-	if w.wp != nil {
-		ref := *w.wp
+	if wp := w.waypointRef(); wp != nil {
+		ref := *wp
 		m.Waypoint = &ref
 	}
-	if w.enrol != nil {
-		m.Enrolment = &model.Enrolment{CgroupPath: w.enrol.cgGiven, NetnsPath: w.enrol.nsPath}
+	if e := w.enrolled(); e != nil {
+		m.Enrolment = &model.Enrolment{CgroupPath: e.cgGiven, NetnsPath: e.nsPath}
 	}
 	return m
 }
 
 func (w *wlState) enrolment() enrolKey {
-	if w.enrol == nil {
-		return enrolKey{}
+	if e := w.enrolled(); e != nil {
+		return *e
 	}
-	return *w.enrol
+	return enrolKey{}
 }
 
 // membership is a workload's membership in one service, with its target
@@ -103,7 +263,7 @@ type membership struct {
 }
 
 func (w *wlState) overrides(key string) []model.WorkloadPort {
-	for _, m := range w.svcs {
+	for _, m := range w.members() {
 		if m.key == key {
 			return m.ports
 		}
@@ -147,30 +307,32 @@ func fnv32a(s string) uint32 {
 type sink struct{ b []byte }
 
 // interning: service keys of memberships and localities are shared.
-func (d *Dataplane) internKey(k string) string { return d.internMembership(k)[0].key }
+func (d *Dataplane) internKey(k string) string { return (*d.internMembership(k))[0].key }
 
 // internMembership is the one-element membership list {k, no overrides},
 // shared (read only) by every workload that backs just service k, which is
 // most of them: a 100k-workload mesh keeps one list per service, not one
 // per workload.
-func (d *Dataplane) internMembership(k string) []membership {
+func (d *Dataplane) internMembership(k string) *[]membership {
 	if m, ok := d.keys[k]; ok {
 		return m
 	}
 	k = strings.Clone(k)
-	m := []membership{{key: k}}
+	m := &[]membership{{key: k}}
 	d.keys[k] = m
 	return m
 }
 
+// internLoc's parameter must not escape: a heap copy per call would be 100k
+// dead 96-byte objects per full push, interleaved with the workload states
+// (same size class), leaving their spans half empty.
 func (d *Dataplane) internLoc(l model.Locality) *model.Locality {
 	if p, ok := d.locs[l]; ok {
 		return p
 	}
-	l = model.Locality{Region: strings.Clone(l.Region), Zone: strings.Clone(l.Zone), Subzone: strings.Clone(l.Subzone),
+	p := &model.Locality{Region: strings.Clone(l.Region), Zone: strings.Clone(l.Zone), Subzone: strings.Clone(l.Subzone),
 		Node: strings.Clone(l.Node), Cluster: strings.Clone(l.Cluster), Network: strings.Clone(l.Network)}
-	p := &l
-	d.locs[l] = p
+	d.locs[*p] = p
 	return p
 }
 
@@ -178,14 +340,14 @@ func (d *Dataplane) internLoc(l model.Locality) *model.Locality {
 // with linear probing, skipping ids in use and ids taken by this plan
 // (p.wlUpByID: the caller records each id there before asking again).
 func (d *Dataplane) workloadID(p *plan, uid string) (uint32, bool) {
-	if w := d.wls[uid]; w != nil {
+	if w := d.wls.get(uid); w != nil {
 		return w.id, true
 	}
 	n := uint32(wlIDLimit - 1)
 	start := fnv32a(uid) % n
 	for i := uint32(0); i < n; i++ {
 		id := (start+i)%n + 1
-		if d.wlByID[id] != nil || p.wlUpByID[id] != nil {
+		if d.wls.getID(id) != nil || p.wlUpByID[id] != nil {
 			continue // in use, or taken by this plan
 		}
 		return id, true
@@ -206,19 +368,17 @@ func (d *Dataplane) planWorkload(p *plan, wl *model.Workload, hash uint64) (*wlS
 	if err != nil {
 		return nil, err
 	}
-	// Strings are copied: the state outlives the caller's model, whose
-	// memory (a decoded push) is then freed whole instead of kept alive
-	// by a few strings in each of its pages.
-	st := &wlState{uid: strings.Clone(wl.UID), name: strings.Clone(wl.Name), namespace: strings.Clone(wl.Namespace),
-		id: id, hash: hash, ep: ep, weight: wl.Weight, healthy: wl.Healthy, loc: d.internLoc(wl.Locality)}
+	st := p.alloc.state(wl.UID, wl.Name, wl.Namespace)
+	st.id, st.hash, st.ep, st.weight, st.loc = id, hash, ep, wl.Weight, d.internLoc(wl.Locality)
+	st.setHealthy(wl.Healthy)
 	if !st.epSays(wl.Addresses) {
 		a := slices.Clone(wl.Addresses)
-		st.addrs = &a
+		st.rare().addrs = &a
 	}
 	if wl.Waypoint != nil {
 		ref := *wl.Waypoint
 		ref.Service = d.internKey(ref.Service)
-		st.wp = &ref
+		st.rare().wp = &ref
 	}
 	if len(wl.Services) == 1 {
 		for key, ports := range wl.Services {
@@ -228,26 +388,28 @@ func (d *Dataplane) planWorkload(p *plan, wl *model.Workload, hash uint64) (*wlS
 		}
 	}
 	if len(wl.Services) > 0 && st.svcs == nil {
-		st.svcs = make([]membership, 0, len(wl.Services))
+		ms := make([]membership, 0, len(wl.Services))
 		for key, ports := range wl.Services {
-			st.svcs = append(st.svcs, membership{key: d.internKey(key), ports: slices.Clone(ports)})
+			ms = append(ms, membership{key: d.internKey(key), ports: slices.Clone(ports)})
 		}
-		if len(st.svcs) > 1 {
-			sort.Slice(st.svcs, func(i, j int) bool { return st.svcs[i].key < st.svcs[j].key })
+		if len(ms) > 1 {
+			sort.Slice(ms, func(i, j int) bool { return ms[i].key < ms[j].key })
 		}
+		st.svcs = &ms
 	}
 	if e := wl.Enrolment; e != nil {
 		obj := wlObject(wl.UID)
 		if e.CgroupPath == "" && e.NetnsPath == "" {
 			return nil, &InvalidError{Object: obj, Reason: "enrolment names neither a cgroup nor a netns"}
 		}
-		st.enrol = &enrolKey{present: true, cgGiven: e.CgroupPath}
+		enrol := &enrolKey{present: true, cgGiven: e.CgroupPath}
+		st.rare().enrol = enrol
 		if e.CgroupPath != "" {
 			cg, level, abs, err := resolveCgroup(d.cgroupMount, e.CgroupPath)
 			if err != nil {
 				return nil, &InvalidError{Object: obj, Reason: "enrolment: " + err.Error()}
 			}
-			st.enrol.cgroup, st.enrol.level, st.enrol.cgPath = cg, level, abs
+			enrol.cgroup, enrol.level, enrol.cgPath = cg, level, abs
 			if owner, ok := d.enrolCg[cg]; ok && owner != id {
 				return nil, &InvalidError{Object: obj, Reason: fmt.Sprintf("cgroup %s is already enrolled by another workload", abs)}
 			}
@@ -257,7 +419,7 @@ func (d *Dataplane) planWorkload(p *plan, wl *model.Workload, hash uint64) (*wlS
 			if err != nil {
 				return nil, &InvalidError{Object: obj, Reason: "enrolment: " + err.Error()}
 			}
-			st.enrol.netns, st.enrol.nsPath = c, e.NetnsPath
+			enrol.netns, enrol.nsPath = c, e.NetnsPath
 			if owner, ok := d.enrolNs[c]; ok && owner != id {
 				return nil, &InvalidError{Object: obj, Reason: fmt.Sprintf("netns %s is already enrolled by another workload", e.NetnsPath)}
 			}
@@ -290,14 +452,14 @@ func endpointOf(wl *model.Workload) (endpoint, error) {
 
 // membersOf lists the members of service key in the planned view.
 func (d *Dataplane) membersOf(p *plan, key string) []member {
-	set := p.members[key]
-	out := make([]member, 0, len(set))
-	for id := range set {
+	ids := p.members[key]
+	out := make([]member, 0, len(ids))
+	for _, id := range ids {
 		st := p.wlUpByID[id]
 		if st == nil {
-			st = d.wlByID[id]
+			st = d.wls.getID(id)
 		}
-		if st == nil || !st.healthy || !st.ep.usable() {
+		if st == nil || !st.healthy() || !st.ep.usable() {
 			continue
 		}
 		out = append(out, member{id: id, ep: st.ep, weight: st.weight, locality: st.loc, ports: st.overrides(key)})
@@ -306,20 +468,10 @@ func (d *Dataplane) membersOf(p *plan, key string) []member {
 }
 
 // installWorkload makes st current (replacing cur, if any) in the indexes.
+// Service memberships are not kept here: commit takes them whole from the
+// plan (plan.members), adopt with addMemberships.
 func (d *Dataplane) installWorkload(cur, st *wlState) {
-	if cur != nil {
-		d.dropMemberships(cur)
-	}
-	for _, m := range st.svcs {
-		set := d.members[m.key]
-		if set == nil {
-			set = map[uint32]struct{}{}
-			d.members[m.key] = set
-		}
-		set[st.id] = struct{}{}
-	}
-	d.wls[st.uid] = st
-	d.wlByID[st.id] = st
+	d.wls.put(st)
 	if cur != nil {
 		d.addrIndex.index(cur, true)
 	}
@@ -327,21 +479,28 @@ func (d *Dataplane) installWorkload(cur, st *wlState) {
 }
 
 func (d *Dataplane) removeWorkload(cur *wlState) {
-	d.dropMemberships(cur)
-	delete(d.wls, cur.uid)
-	delete(d.wlByID, cur.id)
+	d.wls.del(cur)
 	d.addrIndex.index(cur, true)
 }
 
-func (d *Dataplane) dropMemberships(w *wlState) {
-	for _, m := range w.svcs {
-		set := d.members[m.key]
-		delete(set, w.id)
-		if len(set) == 0 {
-			delete(d.members, m.key)
-			if _, svc := d.svcs[m.key]; !svc {
-				delete(d.keys, m.key)
-			}
+// addMemberships records st in the member lists of its services.
+func (d *Dataplane) addMemberships(st *wlState) {
+	for _, m := range st.members() {
+		d.members[m.key] = append(d.members[m.key], st.id)
+	}
+}
+
+// setMembers installs the planned member lists of the services a plan
+// touched (the complete new list of each), dropping empty ones.
+func (d *Dataplane) setMembers(p *plan) {
+	for key, ids := range p.members {
+		if len(ids) > 0 {
+			d.members[key] = ids
+			continue
+		}
+		delete(d.members, key)
+		if _, svc := d.svcs[key]; !svc {
+			delete(d.keys, key)
 		}
 	}
 }

@@ -19,12 +19,17 @@ import (
 // BenchmarkDaemonRSS starts the real kmeshd with a model file of 10 000
 // services x 10 endpoints (100 000 workloads), waits until it is applied,
 // and reports the daemon's resident memory then and after the first state
-// write (target <= 40 MB), and the time from start to applied.
+// write (target <= 40 MB), its anonymous and file-backed parts
+// (smaps_rollup Pss_Anon, Pss_File), and the time from start to applied.
+// KMESH_RSS_BIN measures a prebuilt kmeshd instead (before/after runs).
 //
 //	sudo go test -run '^$' -bench DaemonRSS -benchtime 1x ./test/e2e/restart/
 func BenchmarkDaemonRSS(b *testing.B) {
 	testutil.Privileged(b)
-	bin := build(b, b.TempDir(), "kmeshd")
+	bin := os.Getenv("KMESH_RSS_BIN")
+	if bin == "" {
+		bin = build(b, b.TempDir(), "kmeshd")
+	}
 	s := &model.Snapshot{Version: "rss"}
 	for i := 0; i < 10000; i++ {
 		key := fmt.Sprintf("ns%d/svc-%d", i%100, i)
@@ -53,6 +58,9 @@ func BenchmarkDaemonRSS(b *testing.B) {
 		b.ReportMetric(rssMB(b, d.cmd.Process.Pid), "MB-rss-applied")
 		time.Sleep(3 * time.Second) // state file written, GC settled
 		b.ReportMetric(rssMB(b, d.cmd.Process.Pid), "MB-rss-settled")
+		roll := smapsRollupMB(b, d.cmd.Process.Pid)
+		b.ReportMetric(roll["Pss_Anon"], "MB-anon-settled")
+		b.ReportMetric(roll["Pss_File"], "MB-file-settled")
 		d.signal(9)
 		if out, err := testutil.Run(bin, append([]string{"uninstall"}, args...)...); err != nil {
 			b.Fatalf("uninstall: %v %s", err, out)
@@ -74,4 +82,22 @@ func rssMB(tb testing.TB, pid int) float64 {
 	}
 	tb.Fatal("no VmRSS")
 	return 0
+}
+
+// smapsRollupMB reads /proc/PID/smaps_rollup's kB fields, in MB.
+func smapsRollupMB(tb testing.TB, pid int) map[string]float64 {
+	tb.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	out := map[string]float64{}
+	for _, l := range strings.Split(string(b), "\n") {
+		f := strings.Fields(l)
+		if len(f) == 3 && f[2] == "kB" {
+			kb, _ := strconv.Atoi(f[1])
+			out[strings.TrimSuffix(f[0], ":")] = float64(kb) / 1024
+		}
+	}
+	return out
 }
