@@ -3,13 +3,14 @@ package compile
 import (
 	"context"
 	"fmt"
+	"iter"
 	"log/slog"
 	"maps"
 	"net/netip"
 	"reflect"
 	"runtime"
 	"runtime/debug"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -46,21 +47,32 @@ type WorkloadState struct {
 	log  *slog.Logger
 
 	mu sync.Mutex
-	// Converted objects by xDS name (service key or workload uid), as accepted.
-	services  map[string]Address
-	workloads map[string]Address
-	// lowered holds what the dataplane has, after waypoint resolution.
-	loweredSvc map[string]model.Service
-	loweredWl  map[string]model.Workload
-	node       model.Node
-	nodeSet    bool
-	policies   map[string]*security.Authorization
+	// objects by xDS name (service key or workload uid): one map, so that the
+	// passes over a push of 100 000 objects look each one up once rather than
+	// in four maps (the lookups are cache misses and dominated the push).
+	objects  map[string]*object
+	node     model.Node
+	nodeSet  bool
+	policies map[string]*security.Authorization
 	// Indexes kept by put: the service owning each VIP, objects whose waypoint
 	// is given by IP, workloads on this node.
 	vipOwner map[netip.Addr]string
 	wpIP     map[string]bool
 	locals   map[string]bool
 }
+
+// object is one Address resource: as accepted, and as the dataplane has it.
+// They differ while a response is being compiled, and for objects whose
+// waypoint is given by IP (resolved when lowered). The model objects pointed
+// to are never modified once converted, so lowered shares them when there is
+// nothing to resolve.
+type object struct {
+	accepted Address // neither Service nor Workload set: removed
+	lsvc     *model.Service
+	lwl      *model.Workload
+}
+
+func (o *object) exists() bool { return o.accepted.Service != nil || o.accepted.Workload != nil }
 
 // NewWorkloadState returns an empty state lowering into api.
 func NewWorkloadState(api dataplane.API, opts WorkloadOptions) *WorkloadState {
@@ -72,8 +84,7 @@ func NewWorkloadState(api dataplane.API, opts WorkloadOptions) *WorkloadState {
 	}
 	return &WorkloadState{
 		api: api, opts: opts, log: opts.Logger,
-		services: map[string]Address{}, workloads: map[string]Address{},
-		loweredSvc: map[string]model.Service{}, loweredWl: map[string]model.Workload{},
+		objects:  map[string]*object{},
 		policies: map[string]*security.Authorization{},
 		node:     model.Node{Name: opts.NodeName},
 		vipOwner: map[netip.Addr]string{}, wpIP: map[string]bool{}, locals: map[string]bool{},
@@ -133,22 +144,29 @@ func (s *WorkloadState) addresses(ctx context.Context, u *xds.DeltaUpdate) (map[
 		defer debug.SetGCPercent(debug.SetGCPercent(400))
 	}
 
-	// convert + validate, per resource (in parallel for big pushes).
-	conv := convertAll(u.Resources)
-	staged := make(map[string]*Address, len(u.Resources)+len(u.Removed)) // nil: remove
-	for i, r := range u.Resources {
+	s.reserve(len(u.Resources))
+
+	// convert + validate, per resource (in parallel for big pushes), in name
+	// order: the objects are then allocated in the order the snapshot and the
+	// dataplane walk them, which keeps a full push's memory accesses mostly
+	// sequential (the passes over 100 000 objects are bound by cache misses).
+	resources := sortedByName(u.Resources)
+	conv := convertAll(resources)
+	staged := &staging{list: make([]stagedObject, 0, len(resources))}
+	for i, r := range resources {
 		if conv[i].err != nil {
 			rejected[r.GetName()] = conv[i].err
 			continue
 		}
-		a := conv[i].a
-		staged[r.GetName()] = &a
+		staged.list = append(staged.list, stagedObject{name: r.GetName(), a: &conv[i].a})
 	}
+	var removed []string
 	for _, name := range u.Removed {
 		if s.has(name) {
-			staged[name] = nil
+			removed = append(removed, name)
 		}
 	}
+	staged.remove(removed)
 
 	// cross-check: a VIP belongs to one service, and no workload uses a VIP.
 	// The object of this response that conflicts is rejected (its previous
@@ -159,55 +177,55 @@ func (s *WorkloadState) addresses(ctx context.Context, u *xds.DeltaUpdate) (map[
 			break
 		}
 		rejected[name] = err
-		delete(staged, name)
+		staged.drop(name)
 	}
 
-	// Apply to the model, remembering what was there.
-	undo := map[string]saved{}
-	for name, a := range staged {
-		undo[name] = s.save(name)
-		s.put(name, a)
+	// Apply to the model, remembering what was there: staged entries keep
+	// their own undo record, undo has the other objects this response changes.
+	for e := range staged.all() {
+		e.old = s.save(e.name)
+		s.put(e.name, e.a)
 	}
 	// Materialize: staged objects, and those whose waypoint is an IP (the
 	// VIP's owner may have changed).
-	changed := map[string]bool{}
-	for name := range staged {
-		changed[name] = true
+	var ch pending
+	for e := range staged.all() {
+		s.materialize(e.name, &ch)
 	}
+	undo := map[string]*object{}
 	for name := range s.wpIP {
-		changed[name] = true
-	}
-	var ch Change
-	for name := range changed {
-		if _, ok := undo[name]; !ok {
-			undo[name] = s.save(name)
-		}
-		if s.materialize(name, &ch) {
+		if staged.has(name) {
 			continue
 		}
-		if _, isStaged := staged[name]; !isStaged {
-			delete(undo, name) // nothing changed for it
+		old := s.save(name)
+		if s.materialize(name, &ch) {
+			undo[name] = old
 		}
 	}
-	for _, svc := range ch.Services {
-		if a := s.services[svc.Key]; a.WaypointIP.IsValid() && svc.Waypoint == nil {
-			s.log.Warn("waypoint address is not a known service VIP yet; traffic goes direct until it is", "service", svc.Key, "waypoint", a.WaypointIP)
+	undoAll := func() {
+		for e := range staged.all() {
+			s.restore(e.name, e.old)
+		}
+		for name, old := range undo {
+			s.restore(name, old)
 		}
 	}
-	for _, w := range ch.Workloads {
-		if a := s.workloads[w.UID]; a.WaypointIP.IsValid() && w.Waypoint == nil {
-			s.log.Warn("waypoint address is not a known service VIP yet; traffic goes direct until it is", "workload", w.UID, "waypoint", a.WaypointIP)
+	undoRecord := func(name string) (*object, bool) {
+		if e := staged.entry(name); e != nil {
+			return e.old, true
 		}
+		old, ok := undo[name]
+		return old, ok
 	}
 
 	node := s.learnNode()
-	if u.Resync || ch.Size() > s.opts.FullApplyThreshold {
+	if u.Resync || ch.size() > s.opts.FullApplyThreshold {
 		// One object the dataplane refuses must not block the whole mesh: when
 		// the error names an object, that object is rejected (its previous
 		// version, or nothing, stays) and the rest is applied again.
 		blamed := map[string]int{}
 		for {
-			snap := buildSnapshot(node, s.loweredSvc, s.loweredWl)
+			snap := s.buildSnapshot(node)
 			err := s.api.Apply(ctx, snap)
 			if err == nil {
 				s.node, s.nodeSet = node, true
@@ -215,14 +233,12 @@ func (s *WorkloadState) addresses(ctx context.Context, u *xds.DeltaUpdate) (map[
 			}
 			name := s.culprit(err, staged)
 			if name == "" || len(blamed) >= maxBlamed {
-				for name, old := range undo {
-					s.restore(name, old)
-				}
+				undoAll()
 				return nil, 0, fmt.Errorf("applying %d services and %d workloads: %w", len(snap.Services), len(snap.Workloads), err)
 			}
 			rejected[name] = err
 			blamed[name]++
-			old, ok := undo[name]
+			old, ok := undoRecord(name)
 			if !ok {
 				old = s.save(name)
 				undo[name] = old
@@ -230,28 +246,25 @@ func (s *WorkloadState) addresses(ctx context.Context, u *xds.DeltaUpdate) (map[
 			if blamed[name] == 1 {
 				s.restore(name, old) // back to the version that was applied before
 			} else {
-				s.put(name, nil) // that one fails too: leave the object out
-				delete(s.loweredSvc, name)
-				delete(s.loweredWl, name)
+				s.restore(name, nil) // that one fails too: leave the object out
 			}
 			node = s.learnNode()
 		}
 	}
 	if !s.nodeSet || !reflect.DeepEqual(node, s.node) {
 		if err := s.api.SetNode(ctx, node); err != nil {
-			for name, old := range undo {
-				s.restore(name, old)
-			}
+			undoAll()
 			return nil, 0, fmt.Errorf("setting node locality: %w", err)
 		}
 		s.node, s.nodeSet = node, true
 	}
-	for name, err := range Lower(ctx, s.api, ch) {
+	for name, err := range Lower(ctx, s.api, ch.change()) {
 		// The dataplane kept its previous state for this object: so do we.
 		rejected[name] = err
-		s.restore(name, undo[name])
+		old, _ := undoRecord(name)
+		s.restore(name, old)
 	}
-	return rejected, ch.Size(), nil
+	return rejected, ch.size(), nil
 }
 
 // maxBlamed bounds the objects a full Apply may leave out before the whole
@@ -261,20 +274,15 @@ const maxBlamed = 64
 // culprit finds the object a dataplane error is about: its quoted name
 // appears in the error (CapacityError.What, InvalidError.Object). Objects of
 // this response are tried first.
-func (s *WorkloadState) culprit(err error, staged map[string]*Address) string {
+func (s *WorkloadState) culprit(err error, staged *staging) string {
 	msg := err.Error()
-	for name := range staged {
-		if strings.Contains(msg, strconv.Quote(name)) {
-			return name
+	for e := range staged.all() {
+		if strings.Contains(msg, strconv.Quote(e.name)) {
+			return e.name
 		}
 	}
-	for name := range s.loweredSvc {
-		if strings.Contains(msg, strconv.Quote(name)) {
-			return name
-		}
-	}
-	for name := range s.loweredWl {
-		if strings.Contains(msg, strconv.Quote(name)) {
+	for name, o := range s.objects {
+		if (o.lsvc != nil || o.lwl != nil) && strings.Contains(msg, strconv.Quote(name)) {
 			return name
 		}
 	}
@@ -283,168 +291,317 @@ func (s *WorkloadState) culprit(err error, staged map[string]*Address) string {
 
 // has reports whether name is a known service or workload.
 func (s *WorkloadState) has(name string) bool {
-	_, ok1 := s.services[name]
-	_, ok2 := s.workloads[name]
-	return ok1 || ok2
+	o := s.objects[name]
+	return o != nil && o.exists()
 }
 
-// saved is one object's state before a response, for undo.
-type saved struct {
-	svc, wl Address
-	hasSvc  bool
-	hasWl   bool
-	lsvc    model.Service
-	lwl     model.Workload
-	hasLSvc bool
-	hasLWl  bool
+// save copies one object's state before a response, for undo; nil stands
+// for an object that did not exist (most of a full push), so recording one
+// costs no allocation.
+func (s *WorkloadState) save(name string) *object {
+	o := s.objects[name]
+	if o == nil {
+		return nil
+	}
+	c := *o
+	return &c
 }
 
-func (s *WorkloadState) save(name string) saved {
-	var o saved
-	o.svc, o.hasSvc = s.services[name]
-	o.wl, o.hasWl = s.workloads[name]
-	o.lsvc, o.hasLSvc = s.loweredSvc[name]
-	o.lwl, o.hasLWl = s.loweredWl[name]
-	return o
-}
-
-func (s *WorkloadState) restore(name string, o saved) {
-	switch {
-	case o.hasSvc:
-		s.put(name, &o.svc)
-	case o.hasWl:
-		s.put(name, &o.wl)
-	default:
+// restore puts name back as it was when saved (nil: absent).
+func (s *WorkloadState) restore(name string, old *object) {
+	if old == nil || !old.exists() {
 		s.put(name, nil)
+	} else {
+		s.put(name, &old.accepted)
 	}
-	delete(s.loweredSvc, name)
-	delete(s.loweredWl, name)
-	if o.hasLSvc {
-		s.loweredSvc[name] = o.lsvc
+	o := s.objects[name]
+	if o == nil {
+		if old == nil || (old.lsvc == nil && old.lwl == nil) {
+			return
+		}
+		o = &object{}
+		s.objects[name] = o
 	}
-	if o.hasLWl {
-		s.loweredWl[name] = o.lwl
+	o.lsvc, o.lwl = nil, nil
+	if old != nil {
+		o.lsvc, o.lwl = old.lsvc, old.lwl
+	}
+	s.forgetIfEmpty(name, o)
+}
+
+// forgetIfEmpty drops an object that is neither accepted nor lowered.
+func (s *WorkloadState) forgetIfEmpty(name string, o *object) {
+	if !o.exists() && o.lsvc == nil && o.lwl == nil {
+		delete(s.objects, name)
 	}
 }
 
-// put sets (or, with nil, removes) an object and keeps the indexes: VIP
-// owners, objects with waypoint IPs, local workloads.
+// reserve sizes the empty object map of a fresh state for a push of n
+// objects (a daemon's first full push), so that it is not rehashed ~17
+// times while 100 000 objects are inserted.
+func (s *WorkloadState) reserve(n int) {
+	if n > s.opts.FullApplyThreshold && len(s.objects) == 0 {
+		s.objects = make(map[string]*object, n)
+	}
+}
+
+// put sets (or, with nil, removes) an object's accepted version and keeps the
+// indexes: VIP owners, objects with waypoint IPs, local workloads. What the
+// dataplane has (lowered) is left alone: materialize or restore changes it.
 func (s *WorkloadState) put(name string, a *Address) {
-	if old, ok := s.services[name]; ok {
-		for _, ip := range old.Service.VIPs {
-			if s.vipOwner[ip] == name {
-				delete(s.vipOwner, ip)
+	o := s.objects[name]
+	if o != nil {
+		if old := o.accepted.Service; old != nil {
+			for _, ip := range old.VIPs {
+				if s.vipOwner[ip] == name {
+					delete(s.vipOwner, ip)
+				}
 			}
 		}
-		delete(s.services, name)
+		if o.accepted.WaypointIP.IsValid() {
+			delete(s.wpIP, name)
+		}
+		if o.accepted.Workload != nil {
+			delete(s.locals, name)
+		}
 	}
-	delete(s.workloads, name)
-	delete(s.wpIP, name)
-	delete(s.locals, name)
 	if a == nil {
+		if o != nil {
+			o.accepted = Address{}
+			s.forgetIfEmpty(name, o)
+		}
 		return
 	}
+	if o == nil {
+		o = &object{}
+		s.objects[name] = o
+	}
+	o.accepted = *a
 	if a.Service != nil {
-		s.services[name] = *a
 		for _, ip := range a.Service.VIPs {
 			s.vipOwner[ip] = name
 		}
-	} else {
-		s.workloads[name] = *a
-		if s.opts.NodeName != "" && a.Workload.Locality.Node == s.opts.NodeName {
-			s.locals[name] = true
-		}
+	} else if s.opts.NodeName != "" && a.Workload.Locality.Node == s.opts.NodeName {
+		s.locals[name] = true
 	}
 	if a.WaypointIP.IsValid() {
 		s.wpIP[name] = true
 	}
 }
 
+// pending is what a response changes in the dataplane, gathered by
+// materialize. It points at the lowered objects: a full push needs only its
+// size, and copying 100 000 workloads into a Change would be wasted.
+type pending struct {
+	services         []*model.Service
+	workloads        []*model.Workload
+	deletedServices  []string
+	deletedWorkloads []string
+}
+
+func (p *pending) size() int {
+	return len(p.services) + len(p.workloads) + len(p.deletedServices) + len(p.deletedWorkloads)
+}
+
+// change is p as the Change that Lower applies.
+func (p *pending) change() Change {
+	c := Change{DeletedServices: p.deletedServices, DeletedWorkloads: p.deletedWorkloads}
+	for _, svc := range p.services {
+		c.Services = append(c.Services, *svc)
+	}
+	for _, wl := range p.workloads {
+		c.Workloads = append(c.Workloads, *wl)
+	}
+	return c
+}
+
 // materialize recomputes name's lowered form and adds it to ch if it
 // differs from what the dataplane has; it reports whether it did.
-func (s *WorkloadState) materialize(name string, ch *Change) bool {
-	if a, ok := s.services[name]; ok {
-		svc := s.materializeService(a)
-		delete(s.loweredWl, name)
-		if old, ok := s.loweredSvc[name]; ok && reflect.DeepEqual(old, svc) {
-			return false
-		}
-		s.loweredSvc[name] = svc
-		ch.Services = append(ch.Services, svc)
-		return true
+func (s *WorkloadState) materialize(name string, ch *pending) bool {
+	o := s.objects[name]
+	if o == nil {
+		return false
 	}
-	if a, ok := s.workloads[name]; ok {
-		wl := s.materializeWorkload(a)
-		if _, was := s.loweredSvc[name]; was {
-			delete(s.loweredSvc, name)
-			ch.DeletedServices = append(ch.DeletedServices, name)
-		}
-		if old, ok := s.loweredWl[name]; ok && reflect.DeepEqual(old, wl) {
+	a := o.accepted
+	switch {
+	case a.Service != nil:
+		svc := s.materializeService(a)
+		o.lwl = nil
+		if o.lsvc != nil && (o.lsvc == svc || reflect.DeepEqual(o.lsvc, svc)) {
 			return false
 		}
-		s.loweredWl[name] = wl
-		ch.Workloads = append(ch.Workloads, wl)
+		o.lsvc = svc
+		ch.services = append(ch.services, svc)
+		s.warnUnresolved("service", name, a, svc.Waypoint)
+		return true
+	case a.Workload != nil:
+		wl := s.materializeWorkload(a)
+		if o.lsvc != nil {
+			o.lsvc = nil
+			ch.deletedServices = append(ch.deletedServices, name)
+		}
+		if o.lwl != nil && (o.lwl == wl || reflect.DeepEqual(o.lwl, wl)) {
+			return false
+		}
+		o.lwl = wl
+		ch.workloads = append(ch.workloads, wl)
+		s.warnUnresolved("workload", name, a, wl.Waypoint)
 		return true
 	}
 	changed := false
-	if _, ok := s.loweredSvc[name]; ok {
-		delete(s.loweredSvc, name)
-		ch.DeletedServices = append(ch.DeletedServices, name)
+	if o.lsvc != nil {
+		o.lsvc = nil
+		ch.deletedServices = append(ch.deletedServices, name)
 		changed = true
 	}
-	if _, ok := s.loweredWl[name]; ok {
-		delete(s.loweredWl, name)
-		ch.DeletedWorkloads = append(ch.DeletedWorkloads, name)
+	if o.lwl != nil {
+		o.lwl = nil
+		ch.deletedWorkloads = append(ch.deletedWorkloads, name)
 		changed = true
 	}
+	s.forgetIfEmpty(name, o)
 	return changed
 }
 
 // conflict finds a staged object that shares an address with another one.
 // Objects not in this response were consistent, so the newcomer loses; among
-// staged services, the later one (by name) loses.
-func (s *WorkloadState) conflict(staged map[string]*Address) (string, error) {
+// staged services, the later one (by name) loses. Service conflicts are
+// reported first, then the first conflicting workload by name; only the
+// services are sorted (a full push has ten times more workloads).
+func (s *WorkloadState) conflict(staged *staging) (string, error) {
 	overlay := map[netip.Addr]string{}
 	owner := func(ip netip.Addr) string {
 		if o, ok := overlay[ip]; ok {
 			return o
 		}
-		if o, ok := s.vipOwner[ip]; ok {
-			if _, releasing := staged[o]; !releasing {
-				return o
-			}
+		if o, ok := s.vipOwner[ip]; ok && !staged.has(o) {
+			return o
 		}
 		return ""
 	}
-	names := make([]string, 0, len(staged))
-	for n := range staged {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	for _, n := range names {
-		a := staged[n]
-		if a == nil || a.Service == nil {
-			continue
+	var services []*stagedObject
+	for e := range staged.all() {
+		if e.a != nil && e.a.Service != nil {
+			services = append(services, e)
 		}
-		for _, ip := range a.Service.VIPs {
-			if o := owner(ip); o != "" && o != n {
-				return n, fmt.Errorf("VIP %s is already used by service %q", ip, o)
+	}
+	slices.SortFunc(services, func(a, b *stagedObject) int { return strings.Compare(a.name, b.name) })
+	for _, e := range services {
+		for _, ip := range e.a.Service.VIPs {
+			if o := owner(ip); o != "" && o != e.name {
+				return e.name, fmt.Errorf("VIP %s is already used by service %q", ip, o)
 			}
-			overlay[ip] = n
+			overlay[ip] = e.name
 		}
 	}
-	for _, n := range names {
-		a := staged[n]
-		if a == nil || a.Workload == nil {
+	var (
+		name string
+		err  error
+	)
+	for e := range staged.all() {
+		if e.a == nil || e.a.Workload == nil || (name != "" && e.name > name) {
 			continue
 		}
-		for _, ip := range a.Workload.Addresses {
+		for _, ip := range e.a.Workload.Addresses {
 			if o := owner(ip); o != "" {
-				return n, fmt.Errorf("address %s is the VIP of service %q", ip, o)
+				name, err = e.name, fmt.Errorf("address %s is the VIP of service %q", ip, o)
+				break
 			}
 		}
 	}
-	return "", nil
+	return name, err
+}
+
+// staging is one response's objects, sorted by name. The passes walk the
+// list rather than a map, in the order the objects were converted and so
+// allocated: a full push's passes are bound by memory latency, and this keeps
+// them mostly sequential. Names are looked up by binary search (rarely: VIP
+// conflicts, waypoint re-resolution, failures).
+type staging struct {
+	list []stagedObject // sorted by name, one entry per name once remove ran
+}
+
+type stagedObject struct {
+	name    string
+	a       *Address // nil: remove
+	old     *object  // the object before this response (undo), once put
+	dropped bool     // rejected: its previous version stays
+}
+
+// remove stages the removal of names, which overrides an update of the same
+// name in this response, and leaves one entry per name: of several updates of
+// one name (kept in response order by sortedByName), the last.
+func (st *staging) remove(names []string) {
+	if len(names) > 0 {
+		slices.Sort(names)
+		merged := make([]stagedObject, 0, len(st.list)+len(names))
+		i := 0
+		for _, n := range names {
+			for i < len(st.list) && st.list[i].name <= n {
+				merged = append(merged, st.list[i])
+				i++
+			}
+			merged = append(merged, stagedObject{name: n})
+		}
+		st.list = append(merged, st.list[i:]...)
+	}
+	out := st.list[:0]
+	for i := range st.list {
+		if i+1 < len(st.list) && st.list[i+1].name == st.list[i].name {
+			continue
+		}
+		out = append(out, st.list[i])
+	}
+	st.list = out
+}
+
+// drop unstages name (rejected: its previous version stays).
+func (st *staging) drop(name string) {
+	if e := st.entry(name); e != nil {
+		e.dropped = true
+	}
+}
+
+func (st *staging) has(name string) bool { return st.entry(name) != nil }
+
+// entry is name's live entry, or nil.
+func (st *staging) entry(name string) *stagedObject {
+	i, found := slices.BinarySearchFunc(st.list, name, func(e stagedObject, name string) int { return strings.Compare(e.name, name) })
+	if !found || st.list[i].dropped {
+		return nil
+	}
+	return &st.list[i]
+}
+
+// all yields the live entries in name order.
+func (st *staging) all() iter.Seq[*stagedObject] {
+	return func(yield func(*stagedObject) bool) {
+		for i := range st.list {
+			if !st.list[i].dropped && !yield(&st.list[i]) {
+				return
+			}
+		}
+	}
+}
+
+// sortedByName returns rs sorted by name; of two entries with one name the
+// later stays later, so it still wins.
+func sortedByName(rs []*discovery.Resource) []*discovery.Resource {
+	byName := make([]keyed[int], len(rs))
+	for i, r := range rs {
+		byName[i] = keyed[int]{r.GetName(), i}
+	}
+	slices.SortFunc(byName, func(a, b keyed[int]) int {
+		if c := strings.Compare(a.key, b.key); c != 0 {
+			return c
+		}
+		return a.v - b.v
+	})
+	out := make([]*discovery.Resource, len(rs))
+	for i, k := range byName {
+		out[i] = rs[k.v]
+	}
+	return out
 }
 
 type converted struct {
@@ -500,20 +657,33 @@ func (s *WorkloadState) resolveWaypoint(obj string, a Address) *model.WaypointRe
 	return nil
 }
 
-func (s *WorkloadState) materializeService(a Address) model.Service {
-	svc := *a.Service
-	if a.WaypointIP.IsValid() {
-		svc.Waypoint = s.resolveWaypoint(svc.Key, a)
+// warnUnresolved logs, when an object is lowered, that its waypoint given by
+// IP does not name a service yet.
+func (s *WorkloadState) warnUnresolved(kind, name string, a Address, wp *model.WaypointRef) {
+	if a.WaypointIP.IsValid() && wp == nil {
+		s.log.Warn("waypoint address is not a known service VIP yet; traffic goes direct until it is", kind, name, "waypoint", a.WaypointIP)
 	}
-	return svc
 }
 
-func (s *WorkloadState) materializeWorkload(a Address) model.Workload {
-	wl := *a.Workload
-	if a.WaypointIP.IsValid() {
-		wl.Waypoint = s.resolveWaypoint(wl.UID, a)
+// materializeService returns the service as lowered: the converted object
+// itself unless its waypoint is given by IP and must be resolved.
+func (s *WorkloadState) materializeService(a Address) *model.Service {
+	if !a.WaypointIP.IsValid() {
+		return a.Service
 	}
-	return wl
+	svc := *a.Service
+	svc.Waypoint = s.resolveWaypoint(svc.Key, a)
+	return &svc
+}
+
+// materializeWorkload is materializeService for workloads.
+func (s *WorkloadState) materializeWorkload(a Address) *model.Workload {
+	if !a.WaypointIP.IsValid() {
+		return a.Workload
+	}
+	wl := *a.Workload
+	wl.Waypoint = s.resolveWaypoint(wl.UID, a)
+	return &wl
 }
 
 // learnNode gives the node the locality of its first local workload (by uid).
@@ -525,28 +695,51 @@ func (s *WorkloadState) learnNode() model.Node {
 			best = uid
 		}
 	}
-	if best != "" {
-		n.Locality = s.loweredWl[best].Locality
+	if o := s.objects[best]; o != nil && o.lwl != nil {
+		n.Locality = o.lwl.Locality
 	}
 	return n
 }
 
-func buildSnapshot(node model.Node, svcs map[string]model.Service, wls map[string]model.Workload) *model.Snapshot {
-	snap := &model.Snapshot{Node: node, Services: make([]model.Service, 0, len(svcs)), Workloads: make([]model.Workload, 0, len(wls))}
-	for _, k := range sortedNames(svcs) {
-		snap.Services = append(snap.Services, svcs[k])
+// buildSnapshot is what the dataplane has, sorted by key.
+func (s *WorkloadState) buildSnapshot(node model.Node) *model.Snapshot {
+	var svcs []keyed[*model.Service]
+	wls := make([]keyed[*model.Workload], 0, len(s.objects))
+	for name, o := range s.objects {
+		if o.lsvc != nil {
+			svcs = append(svcs, keyed[*model.Service]{name, o.lsvc})
+		}
+		if o.lwl != nil {
+			wls = append(wls, keyed[*model.Workload]{name, o.lwl})
+		}
 	}
-	for _, k := range sortedNames(wls) {
-		snap.Workloads = append(snap.Workloads, wls[k])
+	snap := &model.Snapshot{Node: node, Services: make([]model.Service, len(svcs)), Workloads: make([]model.Workload, len(wls))}
+	for i, k := range sortByKey(svcs) {
+		snap.Services[i] = *k.v
+	}
+	for i, k := range sortByKey(wls) {
+		snap.Workloads[i] = *k.v
 	}
 	return snap
+}
+
+// keyed is a value with its key, sorted without following the value's
+// pointer (for 100 000 objects those are cache misses on every compare).
+type keyed[T any] struct {
+	key string
+	v   T
+}
+
+func sortByKey[T any](list []keyed[T]) []keyed[T] {
+	slices.SortFunc(list, func(a, b keyed[T]) int { return strings.Compare(a.key, b.key) })
+	return list
 }
 
 // Snapshot returns the model that was last lowered (sorted by key).
 func (s *WorkloadState) Snapshot() *model.Snapshot {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return buildSnapshot(s.node, s.loweredSvc, s.loweredWl)
+	return s.buildSnapshot(s.node)
 }
 
 // Policies returns the accepted authorization policies by resource name.
