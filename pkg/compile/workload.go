@@ -42,8 +42,17 @@ func ConvertAddress(r *discovery.Resource) (Address, error) {
 	if t := r.GetResource().GetTypeUrl(); t != xdsAddressType {
 		return Address{}, fmt.Errorf("resource has type %s, want %s", t, xdsAddressType)
 	}
+	if a, ok := quickAddress(r.GetResource().GetValue(), r.GetName()); ok {
+		return a, nil
+	}
+	return decodeAddress(r.GetResource().GetValue(), r.GetName())
+}
+
+// decodeAddress is ConvertAddress's general path (see quickAddress):
+// proto.Unmarshal, then the conversion, with the reason for any rejection.
+func decodeAddress(b []byte, name string) (Address, error) {
 	var a workloadapi.Address
-	if err := proto.Unmarshal(r.GetResource().GetValue(), &a); err != nil {
+	if err := proto.Unmarshal(b, &a); err != nil {
 		return Address{}, fmt.Errorf("decoding: %w", err)
 	}
 	var out Address
@@ -51,12 +60,12 @@ func ConvertAddress(r *discovery.Resource) (Address, error) {
 	switch t := a.GetType().(type) {
 	case *workloadapi.Address_Service:
 		out, err = ConvertService(t.Service)
-		if err == nil && out.Service.Key != r.GetName() {
+		if err == nil && out.Service.Key != name {
 			err = fmt.Errorf("resource name does not match the service key %q (namespace/hostname)", out.Service.Key)
 		}
 	case *workloadapi.Address_Workload:
 		out, err = ConvertWorkload(t.Workload)
-		if err == nil && out.Workload.UID != r.GetName() {
+		if err == nil && out.Workload.UID != name {
 			err = fmt.Errorf("resource name does not match the workload uid %q", out.Workload.UID)
 		}
 	default:
