@@ -57,6 +57,35 @@ func init() {
 	})
 }
 
+// awaitConnect waits for an interrupted connect on fd to finish.
+func awaitConnect(fd int, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		ms := int(time.Until(deadline).Milliseconds())
+		if ms <= 0 {
+			return unix.ETIMEDOUT
+		}
+		n, err := unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}, ms)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if n > 0 {
+			break
+		}
+	}
+	soErr, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR)
+	if err != nil {
+		return err
+	}
+	if soErr != 0 {
+		return unix.Errno(soErr)
+	}
+	return nil
+}
+
 func dialMapped(ap netip.AddrPort) (id, peer string, err error) {
 	fd, err := unix.Socket(unix.AF_INET6, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
@@ -70,7 +99,14 @@ func dialMapped(ap netip.AddrPort) (id, peer string, err error) {
 	unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
 	unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &tv)
 	sa := &unix.SockaddrInet6{Port: int(ap.Port()), Addr: netip.AddrFrom16(ap.Addr().As16()).As16()}
-	if err := unix.Connect(fd, sa); err != nil {
+	err = unix.Connect(fd, sa)
+	if err == unix.EINTR {
+		// With SO_SNDTIMEO set, a signal (the Go runtime's preemption
+		// signal, frequent under TCG) interrupts connect instead of
+		// restarting it; the handshake carries on: wait for it.
+		err = awaitConnect(fd, 3*time.Second)
+	}
+	if err != nil {
 		unix.Close(fd)
 		return "", "", fmt.Errorf("connect: %w", err)
 	}
