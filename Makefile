@@ -132,17 +132,16 @@ fuzz: fuzz-unit
 # The README's test command. Unit and host tiers run in one `go test` pass as root;
 # host-tier tests announce themselves and are counted separately by testreport.
 test: deps lint check-generated kmod fuzz-smoke test-go fuzz-go-smoke vmtest bench-smoke
-	@echo; echo "== make test summary (go test format: host and unit tiers, then the VM tier) =="
-	@grep -E '^(ok  |FAIL)'$$'\t' $(BUILD)/test-go.txt
+	@echo; echo "== make test summary: host and unit tiers (go test -v result lines), then the VM tier =="
+	@grep -E '^(--- |ok  '$$'\t''|FAIL)' $(BUILD)/test-go.txt
 	@cat $(BUILD)/vm/$(KVER_612)/summary.txt $(BUILD)/vm/$(KVER_61)/summary.txt
 	@grep -E '^tiers:' $(BUILD)/test-go.txt
-	@echo "PASS"
 	@echo "make test: all checks and tiers passed"
 	@# The closing line in the plain form CI readers count: every test of every tier.
 	@cat $(BUILD)/test-go.txt $(BUILD)/vm/$(KVER_612)/summary.txt $(BUILD)/vm/$(KVER_61)/summary.txt | awk \
 	  '/^tiers:/ { p += $$3 + $$6; s += $$8; f += $$10 } \
-	   /^(ok  |FAIL)\tvm\// { split($$0, c, "\t"); n = split(c[3], w, " "); p += w[1]; f += w[3]; s += w[5] } \
-	   END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, s; if (p == 0 || f > 0) exit 1 }'
+	   /^(vm|FAIL)\t/ { split($$0, c, "\t"); n = split(c[4], w, " "); p += w[1]; f += w[3]; s += w[5] } \
+	   END { printf "%d passed, %d failed, %d skipped\n", p, f, s; if (p == 0 || f > 0) exit 1 }'
 
 test-go:
 	@mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf

@@ -25,9 +25,10 @@ type event struct {
 }
 
 type testState struct {
-	out    strings.Builder
-	host   bool
-	result string
+	out     strings.Builder
+	host    bool
+	result  string
+	elapsed float64
 }
 
 type pkgState struct {
@@ -92,11 +93,15 @@ func run(r io.Reader, w io.Writer, ci bool) int {
 				t.host = true // subtests inherit the tier from their parent below
 			}
 		case "pass", "fail", "skip":
-			t.result = ev.Action
+			t.result, t.elapsed = ev.Action, ev.Elapsed
 		}
 	}
 
 	var unitPass, hostPass, skips, fails, buildFails int
+	// Each package is reported the way `go test -v` closes it: one result line
+	// per test (subtests only when they did not pass), the output of skipped
+	// and failed tests, then go test's own package line. Readers of go test
+	// output count the tests from these lines.
 	fmt.Fprintln(w)
 	for _, name := range pkgOrder {
 		p := pkgs[name]
@@ -116,10 +121,11 @@ func run(r io.Reader, w io.Writer, ci bool) int {
 				}
 			case "skip":
 				sk++
-				fmt.Fprintf(w, "SKIP %s %s\n%s", name, tn, indent(t.out.String()))
 			case "fail":
 				fl++
-				fmt.Fprintf(w, "FAIL %s %s\n%s", name, tn, indent(t.out.String()))
+			}
+			if t.result != "" && (top || t.result != "pass") {
+				fmt.Fprint(w, resultLine(tn, t))
 			}
 		}
 		status := p.result
@@ -133,14 +139,11 @@ func run(r io.Reader, w io.Writer, ci bool) int {
 		if len(p.order) == 0 && status != "fail" && status != "build-fail" {
 			continue // no test files
 		}
-		// go test's own package line, so tools that read go test output see the
-		// result, followed by the tier counts.
 		word := "ok  "
 		if status != "pass" {
 			word = "FAIL"
 		}
-		fmt.Fprintf(w, "%s\t%s\t%.3fs\tunit %d passed, host %d passed, %d skipped, %d failed\n",
-			word, name, p.elapsed, up, hp, sk, fl)
+		fmt.Fprintf(w, "%s\t%s\t%.3fs\n", word, name, p.elapsed)
 		unitPass += up
 		hostPass += hp
 		skips += sk
@@ -156,6 +159,18 @@ func run(r io.Reader, w io.Writer, ci bool) int {
 		return 1
 	}
 	return 0
+}
+
+// resultLine is go test -v's line for one finished test, indented by subtest
+// depth, followed by the test's output when it was skipped or failed.
+func resultLine(name string, t *testState) string {
+	depth := strings.Count(name, "/")
+	pad := strings.Repeat("    ", depth)
+	line := fmt.Sprintf("%s--- %s: %s (%.2fs)\n", pad, strings.ToUpper(t.result), name, t.elapsed)
+	if t.result == "pass" {
+		return line
+	}
+	return line + indent(t.out.String())
 }
 
 func indent(s string) string {

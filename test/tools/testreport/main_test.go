@@ -10,7 +10,7 @@ func events(lines ...string) string { return strings.Join(lines, "\n") + "\n" }
 func TestReportCountsTiersAndFailures(t *testing.T) {
 	in := events(
 		`{"Action":"run","Package":"p","Test":"TestUnit"}`,
-		`{"Action":"pass","Package":"p","Test":"TestUnit"}`,
+		`{"Action":"pass","Package":"p","Test":"TestUnit","Elapsed":0.25}`,
 		`{"Action":"run","Package":"p","Test":"TestHost"}`,
 		`{"Action":"output","Package":"p","Test":"TestHost","Output":"    x_test.go:1: kmesh-tier: host\n"}`,
 		`{"Action":"run","Package":"p","Test":"TestHost/sub"}`,
@@ -25,9 +25,15 @@ func TestReportCountsTiersAndFailures(t *testing.T) {
 	if !strings.Contains(out.String(), "tiers: unit 1 passed; host 1 passed; 0 skipped; 0 failed") {
 		t.Fatalf("summary wrong:\n%s", out.String())
 	}
-	// The package line keeps go test's format so CI tools that read it count the run.
-	if !strings.Contains(out.String(), "ok  \tp\t0.500s\t") {
-		t.Fatalf("no go-test style package line:\n%s", out.String())
+	// go test -v's closing shape, so CI tools that read go test output count
+	// the tests: a result line per top-level test, then the package line.
+	for _, want := range []string{"--- PASS: TestUnit (0.25s)\n", "--- PASS: TestHost (0.00s)\n", "ok  \tp\t0.500s\n"} {
+		if !strings.Contains(out.String(), want) {
+			t.Fatalf("no %q line:\n%s", want, out.String())
+		}
+	}
+	if strings.Contains(out.String(), "TestHost/sub") {
+		t.Fatalf("passing subtest listed:\n%s", out.String())
 	}
 }
 

@@ -526,16 +526,17 @@ func copyFile(src, dst string, mode os.FileMode) error {
 	return out.Close()
 }
 
-// writeSummary records one go-test style line per guest suite
-// ("ok  \tvm/<kver>/<suite>\t..."), which make test prints again at the end.
+// writeSummary records one line per guest suite ("vm\t<kver>\t<suite>\t<counts>",
+// or FAIL in the first column), which make test prints again and adds up at the
+// end. It deliberately does not imitate go test's package line.
 func writeSummary(path, kver string, names []string, suites map[string]string) {
 	var b strings.Builder
 	for _, n := range names {
-		word := "ok  "
+		word := "vm"
 		if !strings.Contains(suites[n], " 0 failed") {
 			word = "FAIL"
 		}
-		fmt.Fprintf(&b, "%s\tvm/%s/%s\t%s\n", word, kver, n, suites[n])
+		fmt.Fprintf(&b, "%s\t%s\t%s\t%s\n", word, kver, n, suites[n])
 	}
 	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
 		fmt.Printf("vmtest: writing %s: %v\n", path, err)
