@@ -207,12 +207,19 @@ func write(rep *report.Report, dir string, runErr error) int {
 		}
 	}
 	fmt.Printf("results: %s (%d cells, %d failed)\n", filepath.Join(dir, "results.md"), len(rep.Cells), len(rep.Failed))
+	if rep.Config.Smoke && len(rep.Targets) > 0 {
+		fmt.Println("  targets are not judged by a smoke run (runs too short for meaningful ratios); values for reference only:")
+	}
 	for _, t := range rep.Targets {
 		v := "—"
 		if t.Verdict != report.NotMeasured {
 			v = fmt.Sprintf("%.2f", t.Value)
 		}
-		fmt.Printf("  target %-45s %s %.2f: %-6s %s %s\n", t.Text, t.Op, t.Limit, v, t.Verdict, t.Reason)
+		verdict := string(t.Verdict)
+		if rep.Config.Smoke && t.Verdict != report.NotMeasured {
+			verdict = "(smoke)"
+		}
+		fmt.Printf("  target %-45s %s %.2f: %-6s %s %s\n", t.Text, t.Op, t.Limit, v, verdict, t.Reason)
 	}
 	for _, f := range rep.Failed {
 		fmt.Printf("  FAILED %s\n", f)
