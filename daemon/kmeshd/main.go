@@ -15,7 +15,9 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime"
 	"runtime/debug"
+	"strings"
 	"syscall"
 	"time"
 
@@ -38,7 +40,21 @@ type flags struct {
 	modelFile string
 	xds       xdssource.Options
 	memLimit  int64
+	heapProf  bool
 }
+
+// The heap profiler is off unless --heap-profile asks for it (or GODEBUG sets
+// memprofilerate): its sampling keeps a 1.4 MB bucket table resident plus a
+// record per sampled call stack, ~1.5 MB of a 100k-workload daemon's RSS,
+// and only /debug/pprof/heap and allocs use it. Set in a package variable so
+// it takes effect before main runs (only the dependencies' initialisers are
+// sampled).
+var _ = func() int {
+	if !strings.Contains(os.Getenv("GODEBUG"), "memprofilerate=") {
+		runtime.MemProfileRate = 0
+	}
+	return 0
+}()
 
 func parseFlags(args []string) (*flags, error) {
 	f := &flags{}
@@ -68,6 +84,8 @@ func parseFlags(args []string) (*flags, error) {
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error (per component at runtime: kmeshctl log --set xds:debug)")
 	fs.Int64Var(&f.memLimit, "memory-limit-mib", 0, "soft memory limit for the Go runtime in MiB (0 = none; GOMEMLIMIT overrides). Keep it well above the peak of a full config push, or parsing it thrashes the GC")
 	fs.StringVar(&f.logFormat, "log-format", "text", "text or json")
+	fs.BoolVar(&f.heapProf, "heap-profile", false, "sample allocations for the admin API's /debug/pprof/heap and allocs profiles (empty without it; "+
+		"costs ~1.5 MB of memory on a large mesh; GODEBUG=memprofilerate=N overrides)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -127,6 +145,9 @@ func run(args []string) error {
 	slog.SetDefault(log)
 	f.opts.Logger = log
 	f.opts.Observability.Logging = logs
+	if f.heapProf && !strings.Contains(os.Getenv("GODEBUG"), "memprofilerate=") {
+		runtime.MemProfileRate = 512 << 10 // the runtime's default
+	}
 	if _, set := os.LookupEnv("GOMEMLIMIT"); !set && f.memLimit > 0 {
 		debug.SetMemoryLimit(f.memLimit << 20)
 	}
