@@ -216,10 +216,18 @@ func encodeState(w io.Writer, p *persisted) error {
 		e.service(s.Service)
 		e.spill()
 	}
-	e.uvarint(uint64(len(p.Workloads)))
-	for _, w := range p.Workloads {
-		e.state(w)
-		e.spill()
+	if p.wls != nil {
+		e.uvarint(uint64(p.wls.len()))
+		for w := range p.wls.all() {
+			e.state(w)
+			e.spill()
+		}
+	} else {
+		e.uvarint(uint64(len(p.Workloads)))
+		for _, w := range p.Workloads {
+			e.state(w)
+			e.spill()
+		}
 	}
 	e.flush()
 	return e.err

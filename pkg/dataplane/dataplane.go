@@ -10,6 +10,7 @@ import (
 	"runtime"
 	"runtime/debug"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -137,10 +138,11 @@ func Open(opts Options) (*Dataplane, error) {
 		obj.Close()
 		return nil, err
 	}
-	d.state = newStateWriter(opts.StateDir, d.log, func() *persisted {
+	d.state = newStateWriter(opts.StateDir, d.log, func(path string) error {
+		// Encoded under the lock: the workload table is edited in place.
 		d.mu.Lock()
 		defer d.mu.Unlock()
-		return d.snapshotState()
+		return writeState(path, d.snapshotState())
 	})
 	return d, nil
 }
@@ -182,8 +184,8 @@ func (d *Dataplane) ServiceKey(id uint32) (string, bool) {
 func (d *Dataplane) WorkloadUID(id uint32) (string, bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if w := d.wls.getID(id); w != nil {
-		return w.uid(), true
+	if s, ok := d.wls.slotOfID(id); ok {
+		return strings.Clone(d.wls.uidOf(s)), true
 	}
 	return "", false
 }
@@ -466,8 +468,10 @@ func (d *Dataplane) plan(ch change) (p *plan, err error) {
 		cur, join := d.members[key], joins[key]
 		ids := make([]uint32, 0, len(cur)+len(join))
 		for _, id := range cur {
-			if w := d.wls.getID(id); w != nil && !p.wlDel[w.uid()] && p.wlUp[w.uid()] == nil {
-				ids = append(ids, id)
+			if s, ok := d.wls.slotOfID(id); ok {
+				if uid := d.wls.uidOf(s); !p.wlDel[uid] && p.wlUp[uid] == nil {
+					ids = append(ids, id)
+				}
 			}
 		}
 		p.members[key] = append(ids, join...)

@@ -30,7 +30,8 @@ type persisted struct {
 	Format    int
 	Node      model.Node
 	Services  []persistedSvc
-	Workloads []*wlState
+	Workloads []*wlState // read from a file
+	wls       *wlTable   // to write: the workloads (encoded under the dataplane's lock)
 }
 
 type persistedSvc struct {
@@ -38,18 +39,14 @@ type persistedSvc struct {
 	Service *model.Service
 }
 
-// snapshotState captures the state under d.mu (services and workload states
-// are never mutated after being stored, so sharing the pointers is safe).
+// snapshotState is the state to write, called under d.mu and encoded before
+// it is released: the workloads are read from the table itself.
 func (d *Dataplane) snapshotState() *persisted {
-	p := &persisted{Format: stateFormat, Node: d.node}
+	p := &persisted{Format: stateFormat, Node: d.node, wls: &d.wls}
 	for key, s := range d.svcs {
 		if id, ok := d.svcIDs.lookup(key); ok {
 			p.Services = append(p.Services, persistedSvc{ID: id, Service: s.svc})
 		}
-	}
-	p.Workloads = make([]*wlState, 0, d.wls.len())
-	for w := range d.wls.all() {
-		p.Workloads = append(p.Workloads, w)
 	}
 	return p
 }
@@ -57,7 +54,7 @@ func (d *Dataplane) snapshotState() *persisted {
 type stateWriter struct {
 	path  string
 	log   *slog.Logger
-	snap  func() *persisted
+	write func(path string) error
 	mu    sync.Mutex
 	dirty bool
 	wake  chan struct{}
@@ -65,8 +62,8 @@ type stateWriter struct {
 	wg    sync.WaitGroup
 }
 
-func newStateWriter(dir string, log *slog.Logger, snap func() *persisted) *stateWriter {
-	w := &stateWriter{path: filepath.Join(dir, stateFile), log: log, snap: snap,
+func newStateWriter(dir string, log *slog.Logger, write func(path string) error) *stateWriter {
+	w := &stateWriter{path: filepath.Join(dir, stateFile), log: log, write: write,
 		wake: make(chan struct{}, 1), done: make(chan struct{})}
 	w.wg.Add(1)
 	go w.loop()
@@ -109,7 +106,7 @@ func (w *stateWriter) flush() {
 	if !dirty {
 		return
 	}
-	if err := writeState(w.path, w.snap()); err != nil {
+	if err := w.write(w.path); err != nil {
 		w.log.Error("writing dataplane state", "path", w.path, "err", err)
 	}
 }

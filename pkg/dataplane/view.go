@@ -3,6 +3,7 @@ package dataplane
 import (
 	"net/netip"
 	"sort"
+	"strings"
 
 	"github.com/kmesh-go/kmesh/pkg/bpf"
 	"github.com/kmesh-go/kmesh/pkg/model"
@@ -18,15 +19,20 @@ type WorkloadName struct {
 	UID, Name, Namespace string
 }
 
+// names are copied (one allocation): the table's strings point into its
+// arena, and telemetry may keep a name.
 func (w *wlState) names() WorkloadName {
-	return WorkloadName{UID: w.uid(), Name: w.name(), Namespace: w.namespace()}
+	c := *w
+	c.strs = strings.Clone(w.strs)
+	return WorkloadName{UID: c.uid(), Name: c.name(), Namespace: c.namespace()}
 }
 
 // WorkloadByID names the workload behind a workload id of the maps.
 func (d *Dataplane) WorkloadByID(id uint32) (WorkloadName, bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if w := d.wls.getID(id); w != nil {
+	var w wlState
+	if d.wls.loadID(id, &w) {
 		return w.names(), true
 	}
 	return WorkloadName{}, false
@@ -40,7 +46,8 @@ func (d *Dataplane) WorkloadByAddr(a netip.Addr) (WorkloadName, bool) {
 	if !ok {
 		return WorkloadName{}, false
 	}
-	if w := d.wls.getID(id); w != nil {
+	var w wlState
+	if d.wls.loadID(id, &w) {
 		return w.names(), true
 	}
 	return WorkloadName{}, false

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strings"
 
 	"github.com/kmesh-go/kmesh/pkg/bpf"
 	"github.com/kmesh-go/kmesh/pkg/model"
@@ -282,7 +283,7 @@ func (d *Dataplane) planWaypoints(p *plan) error {
 	for ref := range refs {
 		for _, w := range d.plannedMembers(p, ref) {
 			if w.enrolment().present {
-				wp.next.exempt[w.uid()] = true
+				wp.next.exempt[strings.Clone(w.uid())] = true
 			}
 		}
 	}
@@ -424,7 +425,7 @@ func (d *Dataplane) adoptWaypoints() error {
 		}
 	}
 	for w := range d.wls.all() {
-		uid := w.uid()
+		uid := strings.Clone(w.uid()) // kept in d.wp
 		if w.waypointRef() != nil {
 			d.wp.wls[uid] = true
 		}

@@ -1,20 +1,80 @@
 package dataplane
 
 import (
+	"encoding/binary"
 	"hash/maphash"
 	"iter"
+	"unsafe"
+
+	"github.com/kmesh-go/kmesh/pkg/bpf"
+	"github.com/kmesh-go/kmesh/pkg/model"
 )
 
-// wlTable holds the installed workloads, found by uid and by id: two
-// open-addressing tables of pointers (linear probing, load at most 3/4,
-// deletion by backward shift, no tombstones). For 100k workloads this is
-// 4 MB, against 8 MB for a map[string]*wlState plus a map[uint32]*wlState.
-// Lookups only read, so concurrent readers are safe while nobody writes
-// (plan hashes a push on all CPUs).
+// wlTable holds the installed workloads in columns instead of one heap
+// object per workload: a node may carry 100k of them and the daemon's budget
+// is ~40 MB. Each workload is a 40-byte pointer-free record (wlRec) in a
+// slice indexed by slot; its uid, name and namespace are bytes in an
+// append-only arena of 64 KiB chunks (compacted when more than half of it is
+// dead); interned localities and membership lists are referenced by index
+// (refTab); IPv6 addresses sit in a column of their own, allocated only once
+// a workload has one; what few workloads have (wlRare, very long names, an
+// endpoint whose address words are not the canonical ones) sits in a side
+// map keyed by slot. uid and id find the slot through two open-addressing
+// tables of uint32 (linear probing, load at most 7/8, deletion by backward
+// shift). None of the big slices holds a pointer, so the collector does not
+// scan them. At 100k workloads this is ~80 bytes per workload with uids and
+// indexes, against ~170 as a 96-byte wlState each plus pointer tables.
+//
+// Reads hand out a wlState built from the columns (get, getID allocate one;
+// load, all fill the caller's): states are values now, not shared records,
+// and the table is edited in place, so every access needs the dataplane's
+// lock (the state writer encodes under it). Lookups only read, so
+// concurrent readers are safe while nobody writes (plan hashes a push on all
+// CPUs). Strings of a built state point into the arena: good while the
+// caller works with them, cloned where they leave the dataplane (names,
+// model) so that a kept name does not keep a 64 KiB chunk alive.
 type wlTable struct {
-	byUID []*wlState
-	byID  []*wlState
+	recs  []wlRec          // by slot; id 0: a free slot
+	free  []uint32         // free slots
+	v6    [][4]uint32      // IPv6 address words by slot (nil until one has it)
+	side  map[uint32]*side // by slot, for records with recSide
+	byUID []uint32         // slot+1, 0: empty
+	byID  []uint32
 	n     int
+	names arena
+	locs  refTab[*model.Locality]
+	lists refTab[*[]membership]
+}
+
+// wlRec is one workload (see wlState for the fields).
+type wlRec struct {
+	hash    uint64
+	id      uint32 // 0: free slot
+	weight  uint32
+	v4      uint32 // ep.addr[FamV4][3]
+	str     uint32 // arena position of uid, name, namespace
+	uidLen  uint16
+	nameLen uint16
+	nsLen   uint16
+	flags   uint16
+	loc     uint32 // locs index
+	svcs    uint32 // lists index + 1; 0: none
+}
+
+const (
+	recHealthy = 1 << iota
+	recHas4
+	recHas6
+	recLocal
+	recSide // side[slot] holds x, and the names or endpoint below
+	recLong // names in side.strs (uidLen, nameLen as in wlState)
+)
+
+// side is what a record does not hold.
+type side struct {
+	x    *wlRare
+	strs string    // recLong: wlState.strs
+	ep   *endpoint // the endpoint, when its address words are not canonical
 }
 
 var uidSeed = maphash.MakeSeed()
@@ -23,124 +83,340 @@ func uidHash(uid string) uint64 { return maphash.String(uidSeed, uid) }
 
 // idHash spreads ids (which are mostly FNV-derived already, but may be
 // sequential in tests) over the table (Fibonacci hashing).
-func idHash(id uint32) uint64 { return uint64(id) * 0x9E3779B97F4A7C15 }
+func idHash(id uint32) uint64 { return uint64(id) * 0x9E3779B97F4A7C15 >> 32 }
+
+// v4Mapped is the third address word of an IPv4 address (::ffff:a.b.c.d).
+var v4Mapped = binary.NativeEndian.Uint32([]byte{0, 0, 0xff, 0xff})
 
 func (t *wlTable) len() int { return t.n }
 
-func (t *wlTable) get(uid string) *wlState {
+func (t *wlTable) uidOf(slot uint32) string {
+	r := &t.recs[slot]
+	if r.flags&recLong != 0 {
+		s := t.side[slot].strs
+		if r.uidLen == longNames {
+			return s
+		}
+		return s[:r.uidLen]
+	}
+	return t.names.str(r.str, int(r.uidLen))
+}
+
+// slotOf finds uid's slot.
+func (t *wlTable) slotOf(uid string) (uint32, bool) {
 	if t.n == 0 {
-		return nil
+		return 0, false
 	}
 	mask := uint64(len(t.byUID) - 1)
 	for i := uidHash(uid) & mask; ; i = (i + 1) & mask {
-		w := t.byUID[i]
-		if w == nil || w.uid() == uid {
-			return w
+		s := t.byUID[i]
+		if s == 0 {
+			return 0, false
+		}
+		if t.uidOf(s-1) == uid {
+			return s - 1, true
 		}
 	}
 }
 
-func (t *wlTable) getID(id uint32) *wlState {
+// slotOfID finds id's slot.
+func (t *wlTable) slotOfID(id uint32) (uint32, bool) {
 	if t.n == 0 {
-		return nil
+		return 0, false
 	}
 	mask := uint64(len(t.byID) - 1)
-	for i := idHash(id) >> 32 & mask; ; i = (i + 1) & mask {
-		w := t.byID[i]
-		if w == nil || w.id == id {
-			return w
+	for i := idHash(id) & mask; ; i = (i + 1) & mask {
+		s := t.byID[i]
+		if s == 0 {
+			return 0, false
+		}
+		if t.recs[s-1].id == id {
+			return s - 1, true
 		}
 	}
+}
+
+func (t *wlTable) hasID(id uint32) bool {
+	_, ok := t.slotOfID(id)
+	return ok
+}
+
+// idOf is uid's id.
+func (t *wlTable) idOf(uid string) (uint32, bool) {
+	s, ok := t.slotOf(uid)
+	if !ok {
+		return 0, false
+	}
+	return t.recs[s].id, true
+}
+
+// get builds the state of uid (nil: none).
+func (t *wlTable) get(uid string) *wlState {
+	s, ok := t.slotOf(uid)
+	if !ok {
+		return nil
+	}
+	w := &wlState{}
+	t.load(s, w)
+	return w
+}
+
+// getID builds the state of id (nil: none).
+func (t *wlTable) getID(id uint32) *wlState {
+	s, ok := t.slotOfID(id)
+	if !ok {
+		return nil
+	}
+	w := &wlState{}
+	t.load(s, w)
+	return w
+}
+
+// loadID builds the state of id into w, without allocating.
+func (t *wlTable) loadID(id uint32, w *wlState) bool {
+	s, ok := t.slotOfID(id)
+	if ok {
+		t.load(s, w)
+	}
+	return ok
+}
+
+// load builds slot's state into w.
+func (t *wlTable) load(slot uint32, w *wlState) {
+	r := &t.recs[slot]
+	*w = wlState{hash: r.hash, id: r.id, weight: r.weight, loc: t.locs.vals[r.loc], uidLen: r.uidLen, nameLen: r.nameLen}
+	if r.svcs != 0 {
+		w.svcs = t.lists.vals[r.svcs-1]
+	}
+	if r.flags&recHas4 != 0 {
+		w.ep.has[bpf.FamV4] = true
+		w.ep.addr[bpf.FamV4] = [4]uint32{0, 0, v4Mapped, r.v4}
+	}
+	if r.flags&recHas6 != 0 {
+		w.ep.has[bpf.FamV6] = true
+		w.ep.addr[bpf.FamV6] = t.v6[slot]
+	}
+	w.ep.local = r.flags&recLocal != 0
+	if r.flags&recSide != 0 {
+		sd := t.side[slot]
+		w.x = sd.x
+		if sd.ep != nil {
+			w.ep = *sd.ep
+		}
+		if r.flags&recLong != 0 {
+			w.strs = sd.strs
+		}
+	}
+	if r.flags&recLong == 0 {
+		w.strs = t.names.str(r.str, int(r.uidLen)+int(r.nameLen)+int(r.nsLen))
+	}
+	w.setHealthy(r.flags&recHealthy != 0)
 }
 
 // reserve sizes the tables for n workloads.
 func (t *wlTable) reserve(n int) {
-	size := 64
-	for size*3/4 < n {
-		size *= 2
-	}
-	if size > len(t.byUID) {
+	if size := tableSize(n); size > len(t.byUID) {
 		t.resize(size)
 	}
+	if cap(t.recs) < n {
+		recs := make([]wlRec, len(t.recs), n)
+		copy(recs, t.recs)
+		t.recs = recs
+	}
+}
+
+// tableSize is the table size for n entries: a power of two, load at most 7/8.
+func tableSize(n int) int {
+	size := 64
+	for size*7/8 < n {
+		size *= 2
+	}
+	return size
 }
 
 func (t *wlTable) resize(size int) {
-	old := t.byUID
-	t.byUID, t.byID = make([]*wlState, size), make([]*wlState, size)
-	for _, w := range old {
-		if w != nil {
-			t.insert(w)
+	t.byUID, t.byID = make([]uint32, size), make([]uint32, size)
+	for s := range t.recs {
+		if t.recs[s].id != 0 {
+			t.insert(uint32(s))
 		}
 	}
 }
 
-func (t *wlTable) insert(w *wlState) {
+func (t *wlTable) insert(slot uint32) {
 	mask := uint64(len(t.byUID) - 1)
-	i := uidHash(w.uid()) & mask
-	for t.byUID[i] != nil {
+	i := uidHash(t.uidOf(slot)) & mask
+	for t.byUID[i] != 0 {
 		i = (i + 1) & mask
 	}
-	t.byUID[i] = w
-	i = idHash(w.id) >> 32 & mask
-	for t.byID[i] != nil {
+	t.byUID[i] = slot + 1
+	i = idHash(t.recs[slot].id) & mask
+	for t.byID[i] != 0 {
 		i = (i + 1) & mask
 	}
-	t.byID[i] = w
+	t.byID[i] = slot + 1
 }
 
 // put installs w, replacing the workload with its uid (which has its id:
-// ids follow uids, see workloadID).
+// ids follow uids, see workloadID). The table keeps none of w's memory but
+// its interned locality and membership list, its wlRare and, for very long
+// names, its strings (all read only).
 func (t *wlTable) put(w *wlState) {
-	if cur := t.get(w.uid()); cur != nil {
-		t.del(cur)
+	if s, ok := t.slotOf(w.uid()); ok {
+		t.delSlot(s)
 	}
-	if (t.n+1)*4 > len(t.byUID)*3 {
+	if len(t.byUID) == 0 || (t.n+1)*8 > len(t.byUID)*7 {
 		t.resize(max(64, 2*len(t.byUID)))
 	}
-	t.insert(w)
+	var slot uint32
+	if n := len(t.free); n > 0 {
+		slot, t.free = t.free[n-1], t.free[:n-1]
+	} else {
+		slot = uint32(len(t.recs))
+		t.recs = append(t.recs, wlRec{})
+	}
+	r := wlRec{hash: w.hash, id: w.id, weight: w.weight, loc: t.locs.ref(w.loc), uidLen: w.uidLen, nameLen: w.nameLen &^ healthyBit}
+	if w.svcs != nil {
+		r.svcs = t.lists.ref(w.svcs) + 1
+	}
+	if w.healthy() {
+		r.flags |= recHealthy
+	}
+	var sd side
+	ep := &w.ep
+	canonical := true
+	if ep.has[bpf.FamV4] {
+		r.flags |= recHas4
+		r.v4 = ep.addr[bpf.FamV4][3]
+		canonical = ep.addr[bpf.FamV4] == [4]uint32{0, 0, v4Mapped, r.v4}
+	} else {
+		canonical = ep.addr[bpf.FamV4] == [4]uint32{}
+	}
+	if ep.has[bpf.FamV6] {
+		r.flags |= recHas6
+		for len(t.v6) <= int(slot) {
+			t.v6 = append(t.v6, [4]uint32{})
+		}
+		t.v6[slot] = ep.addr[bpf.FamV6]
+	} else if ep.addr[bpf.FamV6] != [4]uint32{} {
+		canonical = false
+	}
+	if ep.local {
+		r.flags |= recLocal
+	}
+	if !canonical {
+		e := *ep
+		sd.ep = &e
+	}
+	sd.x = w.x
+	if w.uidLen == longNames || len(w.strs) > arenaMax || !t.names.fits() {
+		r.flags |= recLong
+		sd.strs = w.strs
+	} else {
+		r.nsLen = uint16(len(w.strs) - int(w.uidLen) - int(w.nameLen&^healthyBit))
+		r.str = t.names.add(w.strs)
+	}
+	if sd != (side{}) {
+		r.flags |= recSide
+		if t.side == nil {
+			t.side = map[uint32]*side{}
+		}
+		t.side[slot] = &sd
+	}
+	t.recs[slot] = r
+	t.insert(slot)
 	t.n++
+	t.compactNames()
 }
 
-// del removes w (by identity).
+// del removes the workload with w's uid.
 func (t *wlTable) del(w *wlState) {
-	if t.n == 0 {
-		return
+	if s, ok := t.slotOf(w.uid()); ok {
+		t.delSlot(s)
 	}
+}
+
+func (t *wlTable) delSlot(slot uint32) {
 	mask := uint64(len(t.byUID) - 1)
-	for i := uidHash(w.uid()) & mask; t.byUID[i] != nil; i = (i + 1) & mask {
-		if t.byUID[i] == w {
-			shiftOut(t.byUID, i, func(w *wlState) uint64 { return uidHash(w.uid()) & mask })
+	for i := uidHash(t.uidOf(slot)) & mask; t.byUID[i] != 0; i = (i + 1) & mask {
+		if t.byUID[i] == slot+1 {
+			shiftOut(t.byUID, i, func(s uint32) uint64 { return uidHash(t.uidOf(s-1)) & mask })
 			break
 		}
 	}
-	for i := idHash(w.id) >> 32 & mask; t.byID[i] != nil; i = (i + 1) & mask {
-		if t.byID[i] == w {
-			shiftOut(t.byID, i, func(w *wlState) uint64 { return idHash(w.id) >> 32 & mask })
-			t.n--
+	r := &t.recs[slot]
+	for i := idHash(r.id) & mask; t.byID[i] != 0; i = (i + 1) & mask {
+		if t.byID[i] == slot+1 {
+			shiftOut(t.byID, i, func(s uint32) uint64 { return idHash(t.recs[s-1].id) & mask })
 			break
 		}
 	}
+	t.locs.unref(r.loc)
+	if r.svcs != 0 {
+		t.lists.unref(r.svcs - 1)
+	}
+	if r.flags&recLong == 0 {
+		t.names.live -= int(r.uidLen) + int(r.nameLen) + int(r.nsLen)
+	}
+	if r.flags&recSide != 0 {
+		delete(t.side, slot)
+	}
+	*r = wlRec{}
+	t.free = append(t.free, slot)
+	t.n--
 	if t.n == 0 {
-		t.byUID, t.byID = nil, nil
+		*t = wlTable{}
+	} else if len(t.recs) > 1024 && t.n*4 < len(t.recs) {
+		t.compactRecs()
 	} else if len(t.byUID) > 1024 && t.n*8 < len(t.byUID) {
 		t.resize(len(t.byUID) / 2)
 	}
 }
 
+// compactRecs renumbers the slots densely once most are free (after a
+// large delete), and sizes the tables for what is left.
+func (t *wlTable) compactRecs() {
+	recs := make([]wlRec, 0, t.n)
+	var v6 [][4]uint32
+	var sides map[uint32]*side
+	for s := range t.recs {
+		r := t.recs[s]
+		if r.id == 0 {
+			continue
+		}
+		ns := uint32(len(recs))
+		recs = append(recs, r)
+		if r.flags&recHas6 != 0 {
+			for len(v6) <= int(ns) {
+				v6 = append(v6, [4]uint32{})
+			}
+			v6[ns] = t.v6[s]
+		}
+		if r.flags&recSide != 0 {
+			if sides == nil {
+				sides = map[uint32]*side{}
+			}
+			sides[ns] = t.side[uint32(s)]
+		}
+	}
+	t.recs, t.free, t.v6, t.side = recs, nil, v6, sides
+	t.resize(tableSize(t.n))
+}
+
 // shiftOut empties slot i of a linear-probing table, moving later entries
 // of the probe sequence back so lookups need no tombstones.
-func shiftOut(tab []*wlState, i uint64, home func(*wlState) uint64) {
+func shiftOut(tab []uint32, i uint64, home func(uint32) uint64) {
 	mask := uint64(len(tab) - 1)
 	j := i
 	for {
 		j = (j + 1) & mask
-		w := tab[j]
-		if w == nil {
-			tab[i] = nil
+		s := tab[j]
+		if s == 0 {
+			tab[i] = 0
 			return
 		}
-		k := home(w)
-		// w may move to i unless its home lies cyclically in (i, j].
+		k := home(s)
+		// s may move to i unless its home lies cyclically in (i, j].
 		if i <= j {
 			if i < k && k <= j {
 				continue
@@ -148,18 +424,118 @@ func shiftOut(tab []*wlState, i uint64, home func(*wlState) uint64) {
 		} else if i < k || k <= j {
 			continue
 		}
-		tab[i] = w
+		tab[i] = s
 		i = j
 	}
 }
 
-// all yields every installed workload (in no particular order).
+// all yields every installed workload (in no particular order). The state
+// is the iterator's own, rebuilt for each: valid until the next one.
 func (t *wlTable) all() iter.Seq[*wlState] {
 	return func(yield func(*wlState) bool) {
-		for _, w := range t.byUID {
-			if w != nil && !yield(w) {
+		var w wlState
+		for s := range t.recs {
+			if t.recs[s].id == 0 {
+				continue
+			}
+			t.load(uint32(s), &w)
+			if !yield(&w) {
 				return
 			}
 		}
+	}
+}
+
+// compactNames rewrites the arena when more than half of it is dead.
+// Strings handed out before keep the old chunks alive while they are
+// referenced; the chunks are never written again.
+func (t *wlTable) compactNames() {
+	a := &t.names
+	if a.size < 1<<20 || a.size-a.live <= a.live {
+		return
+	}
+	var b arena
+	for s := range t.recs {
+		r := &t.recs[s]
+		if r.id == 0 || r.flags&recLong != 0 {
+			continue
+		}
+		r.str = b.add(a.str(r.str, int(r.uidLen)+int(r.nameLen)+int(r.nsLen)))
+	}
+	t.names = b
+}
+
+// arena holds strings in 64 KiB chunks, addressed by chunk<<16 | offset.
+type arena struct {
+	chunks [][]byte
+	size   int // bytes handed out
+	live   int // of which still used
+}
+
+const (
+	arenaChunk = 64 << 10
+	arenaMax   = 4 << 10 // longer names go to the side map
+)
+
+// fits reports whether another chunk can be addressed.
+func (a *arena) fits() bool { return len(a.chunks) < 1<<16-1 }
+
+func (a *arena) add(s string) uint32 {
+	if len(s) == 0 {
+		return 0
+	}
+	if n := len(a.chunks); n == 0 || cap(a.chunks[n-1])-len(a.chunks[n-1]) < len(s) {
+		a.chunks = append(a.chunks, make([]byte, 0, arenaChunk))
+	}
+	c := len(a.chunks) - 1
+	pos := uint32(c)<<16 | uint32(len(a.chunks[c]))
+	a.chunks[c] = append(a.chunks[c], s...)
+	a.size += len(s)
+	a.live += len(s)
+	return pos
+}
+
+func (a *arena) str(pos uint32, n int) string {
+	if n == 0 {
+		return ""
+	}
+	return unsafe.String(&a.chunks[pos>>16][pos&0xffff], n)
+}
+
+// refTab numbers shared read-only values (interned localities, membership
+// lists) for the records, with a reference count per value.
+type refTab[T comparable] struct {
+	vals []T
+	refs []uint32
+	idx  map[T]uint32
+	free []uint32
+}
+
+func (t *refTab[T]) ref(v T) uint32 {
+	if i, ok := t.idx[v]; ok {
+		t.refs[i]++
+		return i
+	}
+	if t.idx == nil {
+		t.idx = map[T]uint32{}
+	}
+	var i uint32
+	if n := len(t.free); n > 0 {
+		i, t.free = t.free[n-1], t.free[:n-1]
+		t.vals[i], t.refs[i] = v, 1
+	} else {
+		i = uint32(len(t.vals))
+		t.vals, t.refs = append(t.vals, v), append(t.refs, 1)
+	}
+	t.idx[v] = i
+	return i
+}
+
+func (t *refTab[T]) unref(i uint32) {
+	if t.refs[i]--; t.refs[i] == 0 {
+		delete(t.idx, t.vals[i])
+		var zero T
+		t.vals[i] = zero
+		t.free = append(t.free, i)
 	}
 }

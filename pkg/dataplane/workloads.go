@@ -16,14 +16,14 @@ import (
 // enrolment and restarts need, not the model value. A node may carry 100k
 // workloads, and the daemon's memory budget is ~40 MB; keeping the model
 // (maps per workload, six locality strings...) would cost several times that.
-// A wlState is immutable once installed (updates replace it), so the state
-// writer can read it without locks.
+// Installed workloads are kept in columns (wlTable), which build a wlState
+// for whoever reads one; plans build them for what they install.
 //
 // It is also the daemon's only copy of the workload: with name, namespace,
 // and the address list when ep does not already say it, it gives back the
 // model value exactly (model(): the config dump, telemetry names).
 //
-// The layout is packed into the 96-byte size class (TestWlStateSize): uid,
+// The layout is packed into the 96-byte size class (TestWlRecSize): uid,
 // name and namespace share one string, the membership list is a pointer (most
 // workloads share their service's list, see internMembership), and what few
 // workloads have (an enrolment, a waypoint, an address list ep does not say,
@@ -224,8 +224,12 @@ func (w *wlState) epSays(as []netip.Addr) bool {
 	return i == len(as)
 }
 
-// model is the workload as it was given.
+// model is the workload as it was given (its strings copied: the table's
+// point into its arena).
 func (w *wlState) model() model.Workload {
+	c := *w
+	c.strs = strings.Clone(w.strs)
+	w = &c
 	m := model.Workload{UID: w.uid(), Name: w.name(), Namespace: w.namespace(), Locality: *w.loc, Weight: w.weight, Healthy: w.healthy()}
 	if a := w.givenAddrs(); a != nil {
 		m.Addresses = slices.Clone(*a)
@@ -340,14 +344,14 @@ func (d *Dataplane) internLoc(l model.Locality) *model.Locality {
 // with linear probing, skipping ids in use and ids taken by this plan
 // (p.wlUpByID: the caller records each id there before asking again).
 func (d *Dataplane) workloadID(p *plan, uid string) (uint32, bool) {
-	if w := d.wls.get(uid); w != nil {
-		return w.id, true
+	if id, ok := d.wls.idOf(uid); ok {
+		return id, true
 	}
 	n := uint32(wlIDLimit - 1)
 	start := fnv32a(uid) % n
 	for i := uint32(0); i < n; i++ {
 		id := (start+i)%n + 1
-		if d.wls.getID(id) != nil || p.wlUpByID[id] != nil {
+		if d.wls.hasID(id) || p.wlUpByID[id] != nil {
 			continue // in use, or taken by this plan
 		}
 		return id, true
@@ -454,10 +458,11 @@ func endpointOf(wl *model.Workload) (endpoint, error) {
 func (d *Dataplane) membersOf(p *plan, key string) []member {
 	ids := p.members[key]
 	out := make([]member, 0, len(ids))
+	var cur wlState
 	for _, id := range ids {
 		st := p.wlUpByID[id]
-		if st == nil {
-			st = d.wls.getID(id)
+		if st == nil && d.wls.loadID(id, &cur) {
+			st = &cur
 		}
 		if st == nil || !st.healthy() || !st.ep.usable() {
 			continue
@@ -467,7 +472,8 @@ func (d *Dataplane) membersOf(p *plan, key string) []member {
 	return out
 }
 
-// installWorkload makes st current (replacing cur, if any) in the indexes.
+// installWorkload makes st current (replacing cur, if any) in the indexes
+// (the table copies it).
 // Service memberships are not kept here: commit takes them whole from the
 // plan (plan.members), adopt with addMemberships.
 func (d *Dataplane) installWorkload(cur, st *wlState) {
