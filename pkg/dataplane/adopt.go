@@ -106,7 +106,7 @@ func (d *Dataplane) adopt() error {
 				continue
 			}
 			d.svcIDs.set(ps.Service.Key, ps.ID)
-			s := &svcState{id: ps.ID, svc: ps.Service, fe: frontendKeys(ps.Service), gen: active[ps.ID]}
+			s := &svcState{id: ps.ID, enc: encodeService(ps.Service), fe: frontendKeys(ps.Service), gen: active[ps.ID]}
 			if s.gen != 0 {
 				s.count = recs[bpf.SvcKey{SvcId: ps.ID, Gen: s.gen}].Count
 			}

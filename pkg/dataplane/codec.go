@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/netip"
 	"slices"
+	"strings"
 
 	"github.com/kmesh-go/kmesh/pkg/model"
 )
@@ -213,7 +214,11 @@ func encodeState(w io.Writer, p *persisted) error {
 	e.uvarint(uint64(len(p.Services)))
 	for _, s := range p.Services {
 		e.uvarint(uint64(s.ID))
-		e.service(s.Service)
+		if s.Service != nil {
+			e.service(s.Service)
+		} else {
+			e.b = append(e.b, s.enc...)
+		}
 		e.spill()
 	}
 	if p.wls != nil {
@@ -309,6 +314,20 @@ func (d *decoder) waypoint() *model.WaypointRef {
 		return nil
 	}
 	return &model.WaypointRef{Service: d.str(), Port: d.u16(), ServerFirst: model.ServerFirstPolicy(d.str())}
+}
+
+// encodeService is s in the state file's encoding, as a string of its own.
+func encodeService(s *model.Service) string {
+	var e encoder
+	e.service(s)
+	return string(e.b)
+}
+
+// decodeService reverses encodeService (the string is the dataplane's own,
+// so it is well-formed).
+func decodeService(enc string) *model.Service {
+	d := &decoder{r: bufio.NewReaderSize(strings.NewReader(enc), 16)}
+	return d.service()
 }
 
 func (d *decoder) service() *model.Service {

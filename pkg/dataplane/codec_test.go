@@ -170,3 +170,23 @@ func TestWorkloadModelRoundTrip(t *testing.T) {
 		}
 	}
 }
+
+// TestServiceKeptEncoded: a service kept as its encoding comes back as the
+// copy the dataplane used to keep (copyService: every field, empty slices
+// as nil), also with a zoned VIP and empty lists.
+func TestServiceKeptEncoded(t *testing.T) {
+	var full model.Service
+	fill(reflect.ValueOf(&full).Elem(), 4)
+	empty := model.Service{Key: "k", VIPs: []netip.Addr{}, Ports: []model.ServicePort{}}
+	empty.LB.RoutingPreference = []model.LocalityScope{}
+	zoned := model.Service{Key: "z", VIPs: []netip.Addr{netip.MustParseAddr("fe80::1%eth0"), netip.MustParseAddr("10.0.0.1")}}
+	for _, s := range []*model.Service{&full, &empty, &zoned, {}} {
+		enc := encodeService(s)
+		if got, want := decodeService(enc), copyService(s); !reflect.DeepEqual(got, want) {
+			t.Fatalf("kept service:\n got %+v\nwant %+v", got, want)
+		}
+		if (&svcState{enc: enc}).localityMode() != s.LB.Locality {
+			t.Fatal("locality mode")
+		}
+	}
+}

@@ -81,7 +81,7 @@ func (d *Dataplane) commit(p *plan) error {
 			s = &svcState{id: id}
 		}
 		if up := p.svcUp[key]; up != nil {
-			s.svc = up
+			s.enc = encodeService(up)
 			s.fe = frontendKeys(up)
 		}
 		d.svcs[key] = s

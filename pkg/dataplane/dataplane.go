@@ -88,7 +88,7 @@ type counts struct{ slots, gens int }
 
 type svcState struct {
 	id     uint32
-	svc    *model.Service
+	enc    string // the service as given, in the state file's encoding (model())
 	gen    uint32
 	count  [bpf.Families][bpf.MaxTiers]uint32
 	digest uint64
@@ -96,6 +96,15 @@ type svcState struct {
 }
 
 var _ API = (*Dataplane)(nil)
+
+// model decodes the service as it was given. A service is kept encoded
+// (~50 bytes for a service with one VIP and two ports) instead of as a
+// copied model.Service (~290 bytes with its slices): a node may carry 10k
+// services, and each reader gets its own copy.
+func (s *svcState) model() *model.Service { return decodeService(s.enc) }
+
+// localityMode is the service's LB.Locality (without decoding the rest).
+func (s *svcState) localityMode() model.LocalityMode { return s.model().LB.Locality }
 
 // Open loads (or adopts) the pinned BPF dataplane and the persisted state.
 func Open(opts Options) (*Dataplane, error) {
@@ -379,7 +388,7 @@ func (d *Dataplane) plan(ch change) (p *plan, err error) {
 		if err := validateService(svc); err != nil {
 			return nil, err
 		}
-		if cur, ok := d.svcs[key]; ok && reflect.DeepEqual(cur.svc, svc) && !p.nodeChange {
+		if cur, ok := d.svcs[key]; ok && cur.enc == encodeService(svc) && !p.nodeChange {
 			continue
 		}
 		p.svcUp[key] = copyService(svc)
@@ -456,7 +465,7 @@ func (d *Dataplane) plan(ch change) (p *plan, err error) {
 	}
 	if p.nodeChange {
 		for key, s := range d.svcs {
-			if s.svc.LB.Locality != model.LocalityNone {
+			if s.localityMode() != model.LocalityNone {
 				touched[key] = true
 			}
 		}
@@ -495,7 +504,7 @@ func (d *Dataplane) plan(ch change) (p *plan, err error) {
 			if !ok {
 				continue // a workload names a service not (yet) known
 			}
-			svc = cur.svc
+			svc = cur.model()
 		}
 		jobs = append(jobs, job{key: key, svc: svc})
 	}

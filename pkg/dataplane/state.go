@@ -36,7 +36,8 @@ type persisted struct {
 
 type persistedSvc struct {
 	ID      uint32
-	Service *model.Service
+	Service *model.Service // read from a file
+	enc     string         // to write: the service's encoding (svcState.enc)
 }
 
 // snapshotState is the state to write, called under d.mu and encoded before
@@ -45,7 +46,7 @@ func (d *Dataplane) snapshotState() *persisted {
 	p := &persisted{Format: stateFormat, Node: d.node, wls: &d.wls}
 	for key, s := range d.svcs {
 		if id, ok := d.svcIDs.lookup(key); ok {
-			p.Services = append(p.Services, persistedSvc{ID: id, Service: s.svc})
+			p.Services = append(p.Services, persistedSvc{ID: id, enc: s.enc})
 		}
 	}
 	return p

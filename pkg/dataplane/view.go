@@ -53,8 +53,8 @@ func (d *Dataplane) WorkloadByAddr(a netip.Addr) (WorkloadName, bool) {
 	return WorkloadName{}, false
 }
 
-// ServiceByID returns the service behind a service id of the maps. The value
-// shares its slices with the dataplane: read only.
+// ServiceByID returns the service behind a service id of the maps (a copy:
+// services are kept encoded).
 func (d *Dataplane) ServiceByID(id uint32) (model.Service, bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -62,13 +62,13 @@ func (d *Dataplane) ServiceByID(id uint32) (model.Service, bool) {
 	if !ok {
 		return model.Service{}, false
 	}
-	if s := d.svcs[key]; s != nil && s.svc != nil {
-		return *s.svc, true
+	if s := d.svcs[key]; s != nil {
+		return *s.model(), true
 	}
 	return model.Service{}, false
 }
 
-// ServiceByAddr returns the service with VIP:port a (read only, as
+// ServiceByAddr returns the service with VIP:port a (a copy, as
 // ServiceByID).
 func (d *Dataplane) ServiceByAddr(a netip.AddrPort) (model.Service, bool) {
 	d.mu.Lock()
@@ -87,9 +87,7 @@ func (d *Dataplane) Snapshot() *model.Snapshot {
 	defer d.mu.Unlock()
 	s := &model.Snapshot{Node: d.node, Services: make([]model.Service, 0, len(d.svcs)), Workloads: make([]model.Workload, 0, d.wls.len())}
 	for _, sv := range d.svcs {
-		if sv.svc != nil {
-			s.Services = append(s.Services, *copyService(sv.svc))
-		}
+		s.Services = append(s.Services, *sv.model())
 	}
 	for w := range d.wls.all() {
 		s.Workloads = append(s.Workloads, w.model())

@@ -72,7 +72,7 @@ func (d *Dataplane) plannedService(p *plan, key string) *model.Service {
 		return s
 	}
 	if s := d.svcs[key]; s != nil {
-		return s.svc
+		return s.model()
 	}
 	return nil
 }
@@ -420,7 +420,7 @@ func (d *Dataplane) adoptWaypoints() error {
 		return err
 	}
 	for key, s := range d.svcs {
-		if s.svc != nil && s.svc.Waypoint != nil {
+		if s.model().Waypoint != nil {
 			d.wp.svcs[key] = true
 		}
 	}
