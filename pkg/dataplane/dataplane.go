@@ -63,9 +63,8 @@ type Dataplane struct {
 	node        model.Node
 	svcIDs      *idSpace
 	svcs        map[string]*svcState
-	wls         wlTable                  // by uid and by id
-	members     map[string][]uint32      // service key -> ids of the workloads naming it
-	keys        map[string]*[]membership // interned service keys of memberships (internMembership)
+	wls         wlTable             // by uid and by id
+	keys        map[string]*keyInfo // service keys named by workloads: members, interned membership (workloads.go)
 	locs        map[model.Locality]*model.Locality
 	frontends   map[bpf.FrontendKey]uint32 // what km_frontend holds
 	genSeq      map[uint32]uint32          // last generation used per service id
@@ -130,9 +129,9 @@ func Open(opts Options) (*Dataplane, error) {
 	}
 	d := &Dataplane{
 		obj: obj, log: opts.Logger, opts: opts, cgroupMount: mount,
-		svcIDs:  newIDSpace(bpf.MaxServices),
-		svcs:    map[string]*svcState{},
-		members: map[string][]uint32{}, keys: map[string]*[]membership{}, locs: map[model.Locality]*model.Locality{},
+		svcIDs: newIDSpace(bpf.MaxServices),
+		svcs:   map[string]*svcState{},
+		keys:   map[string]*keyInfo{}, locs: map[model.Locality]*model.Locality{},
 		frontends: map[bpf.FrontendKey]uint32{}, genSeq: map[uint32]uint32{},
 		enrolCg: map[uint64]uint32{}, enrolNs: map[uint64]uint32{}, cgLevels: map[int]int{},
 	}
@@ -474,7 +473,7 @@ func (d *Dataplane) plan(ch change) (p *plan, err error) {
 	// Membership of touched services in the new view: the current members
 	// that stay, plus the upserted workloads that name the service.
 	for key := range touched {
-		cur, join := d.members[key], joins[key]
+		cur, join := d.members(key), joins[key]
 		ids := make([]uint32, 0, len(cur)+len(join))
 		for _, id := range cur {
 			if s, ok := d.wls.slotOfID(id); ok {

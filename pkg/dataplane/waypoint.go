@@ -92,7 +92,7 @@ func (d *Dataplane) plannedWorkload(p *plan, uid string) *wlState {
 func (d *Dataplane) plannedMembers(p *plan, key string) []*wlState {
 	ids, ok := p.members[key]
 	if !ok {
-		ids = d.members[key]
+		ids = d.members(key)
 	}
 	out := make([]*wlState, 0, len(ids))
 	for _, id := range ids {

@@ -311,21 +311,42 @@ func fnv32a(s string) uint32 {
 type sink struct{ b []byte }
 
 // interning: service keys of memberships and localities are shared.
-func (d *Dataplane) internKey(k string) string { return (*d.internMembership(k))[0].key }
+func (d *Dataplane) internKey(k string) string { return d.key(k).one[0].key }
+
+// keyInfo is what the dataplane keeps per service key that workloads name
+// (one 96-byte object and one map entry per key, where two maps and two
+// allocations for the interned list used to be).
+type keyInfo struct {
+	members []uint32      // ids of the workloads naming the key (replaced whole, see setMembers)
+	one     [1]membership // {key, no overrides}
+	list    []membership  // one[:]: see internMembership
+}
+
+// key is k's keyInfo, created (with k copied) when new.
+func (d *Dataplane) key(k string) *keyInfo {
+	if ki, ok := d.keys[k]; ok {
+		return ki
+	}
+	ki := &keyInfo{}
+	ki.one[0].key = strings.Clone(k)
+	ki.list = ki.one[:]
+	d.keys[ki.one[0].key] = ki
+	return ki
+}
+
+// members are the ids of the workloads naming key (read only).
+func (d *Dataplane) members(key string) []uint32 {
+	if ki := d.keys[key]; ki != nil {
+		return ki.members
+	}
+	return nil
+}
 
 // internMembership is the one-element membership list {k, no overrides},
 // shared (read only) by every workload that backs just service k, which is
 // most of them: a 100k-workload mesh keeps one list per service, not one
 // per workload.
-func (d *Dataplane) internMembership(k string) *[]membership {
-	if m, ok := d.keys[k]; ok {
-		return m
-	}
-	k = strings.Clone(k)
-	m := &[]membership{{key: k}}
-	d.keys[k] = m
-	return m
-}
+func (d *Dataplane) internMembership(k string) *[]membership { return &d.key(k).list }
 
 // internLoc's parameter must not escape: a heap copy per call would be 100k
 // dead 96-byte objects per full push, interleaved with the workload states
@@ -492,7 +513,8 @@ func (d *Dataplane) removeWorkload(cur *wlState) {
 // addMemberships records st in the member lists of its services.
 func (d *Dataplane) addMemberships(st *wlState) {
 	for _, m := range st.members() {
-		d.members[m.key] = append(d.members[m.key], st.id)
+		ki := d.key(m.key)
+		ki.members = append(ki.members, st.id)
 	}
 }
 
@@ -501,12 +523,14 @@ func (d *Dataplane) addMemberships(st *wlState) {
 func (d *Dataplane) setMembers(p *plan) {
 	for key, ids := range p.members {
 		if len(ids) > 0 {
-			d.members[key] = ids
+			d.key(key).members = ids
 			continue
 		}
-		delete(d.members, key)
-		if _, svc := d.svcs[key]; !svc {
-			delete(d.keys, key)
+		if ki := d.keys[key]; ki != nil {
+			ki.members = nil
+			if _, svc := d.svcs[key]; !svc {
+				delete(d.keys, key)
+			}
 		}
 	}
 }
