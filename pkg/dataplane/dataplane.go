@@ -193,7 +193,7 @@ func (d *Dataplane) WorkloadUID(id uint32) (string, bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if s, ok := d.wls.slotOfID(id); ok {
-		return strings.Clone(d.wls.uidOf(s)), true
+		return string(d.wls.appendUID(nil, s)), true
 	}
 	return "", false
 }
@@ -453,7 +453,7 @@ func (d *Dataplane) plan(ch change) (p *plan, err error) {
 	if ch.full && kept < d.wls.len() { // else every current workload is named
 		for w := range d.wls.all() {
 			if _, ok := ch.wls[w.uid()]; !ok {
-				p.wlDel[w.uid()] = true
+				p.wlDel[strings.Clone(w.uid())] = true // w's strings are all's own
 			}
 		}
 	}
@@ -472,12 +472,13 @@ func (d *Dataplane) plan(ch change) (p *plan, err error) {
 
 	// Membership of touched services in the new view: the current members
 	// that stay, plus the upserted workloads that name the service.
+	var uid []byte
 	for key := range touched {
 		cur, join := d.members(key), joins[key]
 		ids := make([]uint32, 0, len(cur)+len(join))
 		for _, id := range cur {
 			if s, ok := d.wls.slotOfID(id); ok {
-				if uid := d.wls.uidOf(s); !p.wlDel[uid] && p.wlUp[uid] == nil {
+				if uid = d.wls.appendUID(uid[:0], s); !p.wlDel[string(uid)] && p.wlUp[string(uid)] == nil {
 					ids = append(ids, id)
 				}
 			}

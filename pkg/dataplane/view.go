@@ -32,7 +32,8 @@ func (d *Dataplane) WorkloadByID(id uint32) (WorkloadName, bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	var w wlState
-	if d.wls.loadID(id, &w) {
+	var scratch []byte
+	if d.wls.loadID(id, &w, &scratch) {
 		return w.names(), true
 	}
 	return WorkloadName{}, false
@@ -47,7 +48,8 @@ func (d *Dataplane) WorkloadByAddr(a netip.Addr) (WorkloadName, bool) {
 		return WorkloadName{}, false
 	}
 	var w wlState
-	if d.wls.loadID(id, &w) {
+	var scratch []byte
+	if d.wls.loadID(id, &w, &scratch) {
 		return w.names(), true
 	}
 	return WorkloadName{}, false

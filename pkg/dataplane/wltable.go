@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"hash/maphash"
 	"iter"
+	"strings"
 	"unsafe"
 
 	"github.com/kmesh-go/kmesh/pkg/bpf"
@@ -12,17 +13,18 @@ import (
 
 // wlTable holds the installed workloads in columns instead of one heap
 // object per workload: a node may carry 100k of them and the daemon's budget
-// is ~40 MB. Each workload is a 40-byte pointer-free record (wlRec) in a
+// is ~40 MB. Each workload is a 44-byte pointer-free record (wlRec) in a
 // slice indexed by slot; its uid, name and namespace are bytes in an
 // append-only arena of 64 KiB chunks (compacted when more than half of it is
-// dead); interned localities and membership lists are referenced by index
-// (refTab); IPv6 addresses sit in a column of their own, allocated only once
+// dead), except the uid's prefix up to its last '/', which the workloads of a
+// namespace share and which is interned (uidPrefix); interned localities
+// and membership lists are referenced by index (refTab); IPv6 addresses sit in a column of their own, allocated only once
 // a workload has one; what few workloads have (wlRare, very long names, an
 // endpoint whose address words are not the canonical ones) sits in a side
 // map keyed by slot. uid and id find the slot through two open-addressing
 // tables of uint32 (linear probing, load at most 7/8, deletion by backward
 // shift). None of the big slices holds a pointer, so the collector does not
-// scan them. At 100k workloads this is ~80 bytes per workload with uids and
+// scan them. At 100k workloads this is ~75 bytes per workload with uids and
 // indexes, against ~170 as a 96-byte wlState each plus pointer tables.
 //
 // Reads hand out a wlState built from the columns (get, getID allocate one;
@@ -30,9 +32,10 @@ import (
 // and the table is edited in place, so every access needs the dataplane's
 // lock (the state writer encodes under it). Lookups only read, so
 // concurrent readers are safe while nobody writes (plan hashes a push on all
-// CPUs). Strings of a built state point into the arena: good while the
-// caller works with them, cloned where they leave the dataplane (names,
-// model) so that a kept name does not keep a 64 KiB chunk alive.
+// CPUs). Strings of a built state point into the arena (or the caller's
+// scratch buffer): good while the caller works with them, cloned where they
+// leave the dataplane (names, model) so that a kept name does not keep a
+// 64 KiB chunk alive.
 type wlTable struct {
 	recs  []wlRec          // by slot; id 0: a free slot
 	free  []uint32         // free slots
@@ -44,21 +47,42 @@ type wlTable struct {
 	names arena
 	locs  refTab[*model.Locality]
 	lists refTab[*[]membership]
+	pfx   refTab[string] // uid prefixes, interned
+}
+
+// uidPrefix is the part of uid up to its last '/' when it is worth sharing
+// (uids such as cluster/apps/Pod/ns12/pod-7 name their namespace: the
+// workloads of a namespace share all but the pod name), else "".
+func uidPrefix(uid string) string {
+	i := strings.LastIndexByte(uid, '/')
+	if i+1 < 8 || i+1 >= len(uid) {
+		return ""
+	}
+	return uid[:i+1]
+}
+
+// prefix is slot's uid prefix ("" if none).
+func (t *wlTable) prefix(r *wlRec) string {
+	if r.pfx == 0 {
+		return ""
+	}
+	return t.pfx.vals[r.pfx-1]
 }
 
 // wlRec is one workload (see wlState for the fields).
 type wlRec struct {
-	hash    uint64
-	id      uint32 // 0: free slot
+	hash    [2]uint32 // wlState.hash (split: the record stays 4-byte aligned)
+	id      uint32    // 0: free slot
 	weight  uint32
 	v4      uint32 // ep.addr[FamV4][3]
-	str     uint32 // arena position of uid, name, namespace
-	uidLen  uint16
+	str     uint32 // arena position of the uid after its prefix, name, namespace
+	uidLen  uint16 // in the arena (after the prefix)
 	nameLen uint16
 	nsLen   uint16
 	flags   uint16
 	loc     uint32 // locs index
 	svcs    uint32 // lists index + 1; 0: none
+	pfx     uint32 // prefixes index + 1; 0: none
 }
 
 const (
@@ -90,16 +114,42 @@ var v4Mapped = binary.NativeEndian.Uint32([]byte{0, 0, 0xff, 0xff})
 
 func (t *wlTable) len() int { return t.n }
 
-func (t *wlTable) uidOf(slot uint32) string {
+// uidParts is slot's uid as prefix + rest.
+func (t *wlTable) uidParts(slot uint32) (string, string) {
 	r := &t.recs[slot]
 	if r.flags&recLong != 0 {
 		s := t.side[slot].strs
 		if r.uidLen == longNames {
-			return s
+			return "", s
 		}
-		return s[:r.uidLen]
+		return "", s[:r.uidLen]
 	}
-	return t.names.str(r.str, int(r.uidLen))
+	return t.prefix(r), t.names.str(r.str, int(r.uidLen))
+}
+
+// appendUID appends slot's uid to b.
+func (t *wlTable) appendUID(b []byte, slot uint32) []byte {
+	p, rest := t.uidParts(slot)
+	return append(append(b, p...), rest...)
+}
+
+// uidHashOf is uidHash of slot's uid, without building it.
+func (t *wlTable) uidHashOf(slot uint32) uint64 {
+	p, rest := t.uidParts(slot)
+	if p == "" {
+		return uidHash(rest)
+	}
+	var h maphash.Hash
+	h.SetSeed(uidSeed)
+	h.WriteString(p)
+	h.WriteString(rest)
+	return h.Sum64()
+}
+
+// uidIs reports whether slot's uid is uid.
+func (t *wlTable) uidIs(slot uint32, uid string) bool {
+	p, rest := t.uidParts(slot)
+	return len(uid) == len(p)+len(rest) && uid[:len(p)] == p && uid[len(p):] == rest
 }
 
 // slotOf finds uid's slot.
@@ -113,7 +163,7 @@ func (t *wlTable) slotOf(uid string) (uint32, bool) {
 		if s == 0 {
 			return 0, false
 		}
-		if t.uidOf(s-1) == uid {
+		if t.uidIs(s-1, uid) {
 			return s - 1, true
 		}
 	}
@@ -157,7 +207,7 @@ func (t *wlTable) get(uid string) *wlState {
 		return nil
 	}
 	w := &wlState{}
-	t.load(s, w)
+	t.load(s, w, nil)
 	return w
 }
 
@@ -168,23 +218,26 @@ func (t *wlTable) getID(id uint32) *wlState {
 		return nil
 	}
 	w := &wlState{}
-	t.load(s, w)
+	t.load(s, w, nil)
 	return w
 }
 
-// loadID builds the state of id into w, without allocating.
-func (t *wlTable) loadID(id uint32, w *wlState) bool {
+// loadID builds the state of id into w, its names in scratch (see load):
+// no allocation once scratch has grown.
+func (t *wlTable) loadID(id uint32, w *wlState, scratch *[]byte) bool {
 	s, ok := t.slotOfID(id)
 	if ok {
-		t.load(s, w)
+		t.load(s, w, scratch)
 	}
 	return ok
 }
 
-// load builds slot's state into w.
-func (t *wlTable) load(slot uint32, w *wlState) {
+// load builds slot's state into w. A uid with an interned prefix is joined
+// with the rest of the names into scratch when it is not nil (the state's
+// strings are then valid until scratch is reused), else into a new string.
+func (t *wlTable) load(slot uint32, w *wlState, scratch *[]byte) {
 	r := &t.recs[slot]
-	*w = wlState{hash: r.hash, id: r.id, weight: r.weight, loc: t.locs.vals[r.loc], uidLen: r.uidLen, nameLen: r.nameLen}
+	*w = wlState{hash: uint64(r.hash[0]) | uint64(r.hash[1])<<32, id: r.id, weight: r.weight, loc: t.locs.vals[r.loc], uidLen: r.uidLen, nameLen: r.nameLen}
 	if r.svcs != 0 {
 		w.svcs = t.lists.vals[r.svcs-1]
 	}
@@ -209,6 +262,15 @@ func (t *wlTable) load(slot uint32, w *wlState) {
 	}
 	if r.flags&recLong == 0 {
 		w.strs = t.names.str(r.str, int(r.uidLen)+int(r.nameLen)+int(r.nsLen))
+		if p := t.prefix(r); p != "" {
+			w.uidLen += uint16(len(p))
+			if scratch == nil {
+				w.strs = p + w.strs
+			} else {
+				*scratch = append(append((*scratch)[:0], p...), w.strs...)
+				w.strs = unsafe.String(&(*scratch)[0], len(*scratch))
+			}
+		}
 	}
 	w.setHealthy(r.flags&recHealthy != 0)
 }
@@ -245,7 +307,7 @@ func (t *wlTable) resize(size int) {
 
 func (t *wlTable) insert(slot uint32) {
 	mask := uint64(len(t.byUID) - 1)
-	i := uidHash(t.uidOf(slot)) & mask
+	i := t.uidHashOf(slot) & mask
 	for t.byUID[i] != 0 {
 		i = (i + 1) & mask
 	}
@@ -275,7 +337,8 @@ func (t *wlTable) put(w *wlState) {
 		slot = uint32(len(t.recs))
 		t.recs = append(t.recs, wlRec{})
 	}
-	r := wlRec{hash: w.hash, id: w.id, weight: w.weight, loc: t.locs.ref(w.loc), uidLen: w.uidLen, nameLen: w.nameLen &^ healthyBit}
+	r := wlRec{hash: [2]uint32{uint32(w.hash), uint32(w.hash >> 32)}, id: w.id, weight: w.weight, loc: t.locs.ref(w.loc),
+		uidLen: w.uidLen, nameLen: w.nameLen &^ healthyBit}
 	if w.svcs != nil {
 		r.svcs = t.lists.ref(w.svcs) + 1
 	}
@@ -314,7 +377,16 @@ func (t *wlTable) put(w *wlState) {
 		sd.strs = w.strs
 	} else {
 		r.nsLen = uint16(len(w.strs) - int(w.uidLen) - int(w.nameLen&^healthyBit))
-		r.str = t.names.add(w.strs)
+		s := w.strs
+		if p := uidPrefix(w.uid()); p != "" {
+			if _, ok := t.pfx.idx[p]; !ok {
+				p = strings.Clone(p) // kept: not w's memory
+			}
+			r.pfx = t.pfx.ref(p) + 1
+			r.uidLen -= uint16(len(p))
+			s = s[len(p):]
+		}
+		r.str = t.names.add(s)
 	}
 	if sd != (side{}) {
 		r.flags |= recSide
@@ -338,9 +410,9 @@ func (t *wlTable) del(w *wlState) {
 
 func (t *wlTable) delSlot(slot uint32) {
 	mask := uint64(len(t.byUID) - 1)
-	for i := uidHash(t.uidOf(slot)) & mask; t.byUID[i] != 0; i = (i + 1) & mask {
+	for i := t.uidHashOf(slot) & mask; t.byUID[i] != 0; i = (i + 1) & mask {
 		if t.byUID[i] == slot+1 {
-			shiftOut(t.byUID, i, func(s uint32) uint64 { return uidHash(t.uidOf(s-1)) & mask })
+			shiftOut(t.byUID, i, func(s uint32) uint64 { return t.uidHashOf(s-1) & mask })
 			break
 		}
 	}
@@ -354,6 +426,9 @@ func (t *wlTable) delSlot(slot uint32) {
 	t.locs.unref(r.loc)
 	if r.svcs != 0 {
 		t.lists.unref(r.svcs - 1)
+	}
+	if r.pfx != 0 {
+		t.pfx.unref(r.pfx - 1)
 	}
 	if r.flags&recLong == 0 {
 		t.names.live -= int(r.uidLen) + int(r.nameLen) + int(r.nsLen)
@@ -430,15 +505,17 @@ func shiftOut(tab []uint32, i uint64, home func(uint32) uint64) {
 }
 
 // all yields every installed workload (in no particular order). The state
-// is the iterator's own, rebuilt for each: valid until the next one.
+// and its strings are the iterator's own, rebuilt for each: valid until the
+// next one (copy a string to keep it).
 func (t *wlTable) all() iter.Seq[*wlState] {
 	return func(yield func(*wlState) bool) {
 		var w wlState
+		var scratch []byte
 		for s := range t.recs {
 			if t.recs[s].id == 0 {
 				continue
 			}
-			t.load(uint32(s), &w)
+			t.load(uint32(s), &w, &scratch)
 			if !yield(&w) {
 				return
 			}

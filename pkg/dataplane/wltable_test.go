@@ -91,6 +91,15 @@ func TestWlTable(t *testing.T) {
 		if n != len(ref) {
 			t.Fatalf("%s: all yields %d, want %d", where, n, len(ref))
 		}
+		prefixes := map[string]bool{}
+		for uid := range ref {
+			if p := uidPrefix(uid); p != "" {
+				prefixes[p] = true
+			}
+		}
+		if len(tab.pfx.idx) > len(prefixes) {
+			t.Fatalf("%s: %d interned prefixes for %d in use", where, len(tab.pfx.idx), len(prefixes))
+		}
 		for uid, w := range ref {
 			a, b := tab.get(uid), tab.getID(w.id)
 			if a == nil || b == nil || !sameState(a, w) || !sameState(b, w) {
@@ -105,6 +114,12 @@ func TestWlTable(t *testing.T) {
 		for i := 0; i < 6000; i++ {
 			k := rng.Intn(5000)
 			uid := fmt.Sprintf("uid-%d", k)
+			switch k % 3 {
+			case 0:
+				uid = fmt.Sprintf("cluster/apps/Pod/ns%d/pod-%d", k%7, k) // an interned prefix
+			case 1:
+				uid = fmt.Sprintf("short/%d", k) // a prefix too short to intern
+			}
 			if k%50 == 0 {
 				uid += strings.Repeat("u", longNames) // uid of 64 KiB and more
 			}
@@ -166,11 +181,11 @@ func TestWlTableArenaCompaction(t *testing.T) {
 	}
 }
 
-// TestWlRecSize: a node may carry 100k workloads; a record is 40 bytes and
+// TestWlRecSize: a node may carry 100k workloads; a record is 44 bytes and
 // a plan's state stays in the 96-byte size class.
 func TestWlRecSize(t *testing.T) {
-	if n := unsafe.Sizeof(wlRec{}); n > 40 {
-		t.Fatalf("wlRec is %d bytes, over 40", n)
+	if n := unsafe.Sizeof(wlRec{}); n > 44 {
+		t.Fatalf("wlRec is %d bytes, over 44", n)
 	}
 	if n := unsafe.Sizeof(wlState{}); n > 96 {
 		t.Fatalf("wlState is %d bytes, over the 96-byte size class", n)

@@ -480,9 +480,10 @@ func (d *Dataplane) membersOf(p *plan, key string) []member {
 	ids := p.members[key]
 	out := make([]member, 0, len(ids))
 	var cur wlState
+	var scratch []byte
 	for _, id := range ids {
 		st := p.wlUpByID[id]
-		if st == nil && d.wls.loadID(id, &cur) {
+		if st == nil && d.wls.loadID(id, &cur, &scratch) {
 			st = &cur
 		}
 		if st == nil || !st.healthy() || !st.ep.usable() {
