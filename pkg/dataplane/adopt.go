@@ -3,6 +3,7 @@ package dataplane
 import (
 	"errors"
 	"fmt"
+	stdmaps "maps"
 
 	"github.com/cilium/ebpf"
 
@@ -99,6 +100,7 @@ func (d *Dataplane) adopt() error {
 		d.log.Warn("ignoring unreadable dataplane state; ids are re-derived and the next full sync rewrites everything", "err", err)
 		st = nil
 	}
+	want := map[bpf.FrontendKey]uint32{} // the services' frontends, to compare with km_frontend's
 	if st != nil {
 		d.node = st.Node
 		for _, ps := range st.Services {
@@ -106,7 +108,10 @@ func (d *Dataplane) adopt() error {
 				continue
 			}
 			d.svcIDs.set(ps.Service.Key, ps.ID)
-			s := &svcState{id: ps.ID, enc: encodeService(ps.Service), fe: frontendKeys(ps.Service), gen: active[ps.ID]}
+			for _, k := range frontendKeys(ps.Service) {
+				want[k] = ps.ID
+			}
+			s := &svcState{id: ps.ID, enc: encodeService(ps.Service), gen: active[ps.ID]}
 			if s.gen != 0 {
 				s.count = recs[bpf.SvcKey{SvcId: ps.ID, Gen: s.gen}].Count
 			}
@@ -132,6 +137,7 @@ func (d *Dataplane) adopt() error {
 			d.addMemberships(w)
 		}
 	}
+	d.feStale = !stdmaps.Equal(want, d.frontends)
 	if err := d.adoptWaypoints(); err != nil {
 		return fmt.Errorf("adopting %s: %w", bpf.MapWaypoint, err)
 	}

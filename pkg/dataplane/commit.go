@@ -82,7 +82,6 @@ func (d *Dataplane) commit(p *plan) error {
 		}
 		if up := p.svcUp[key]; up != nil {
 			s.enc = encodeService(up)
-			s.fe = frontendKeys(up)
 		}
 		d.svcs[key] = s
 		if s.gen != 0 && s.digest == r.digest {
@@ -106,6 +105,9 @@ func (d *Dataplane) commit(p *plan) error {
 		for i, k := range p.feAdd {
 			d.frontends[k] = vals[i].SvcId
 		}
+	}
+	if p.fe != nil {
+		d.feStale = false // frontends is p.fe now
 	}
 
 	// 5. workload bookkeeping; superseded enrolments.

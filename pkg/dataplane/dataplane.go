@@ -67,11 +67,15 @@ type Dataplane struct {
 	keys        map[string]*keyInfo // service keys named by workloads: members, interned membership (workloads.go)
 	locs        map[model.Locality]*model.Locality
 	frontends   map[bpf.FrontendKey]uint32 // what km_frontend holds
-	genSeq      map[uint32]uint32          // last generation used per service id
-	live        counts
-	enrolCg     map[uint64]uint32 // cgroup id -> workload id
-	enrolNs     map[uint64]uint32 // netns cookie -> workload id
-	cgLevels    map[int]int       // cgroup depth -> enrolled cgroups at it
+	// feStale: frontends may differ from the union of the services'
+	// frontends (adopted from pinned maps, or a commit failed part way);
+	// planFrontends then re-derives them from every service.
+	feStale  bool
+	genSeq   map[uint32]uint32 // last generation used per service id
+	live     counts
+	enrolCg  map[uint64]uint32 // cgroup id -> workload id
+	enrolNs  map[uint64]uint32 // netns cookie -> workload id
+	cgLevels map[int]int       // cgroup depth -> enrolled cgroups at it
 
 	gc    *collector
 	state *stateWriter
@@ -91,7 +95,8 @@ type svcState struct {
 	gen    uint32
 	count  [bpf.Families][bpf.MaxTiers]uint32
 	digest uint64
-	fe     []bpf.FrontendKey
+	// The service's frontends are not kept here (frontendKeys(model())):
+	// km_frontend's mirror, Dataplane.frontends, says which id owns each.
 }
 
 var _ API = (*Dataplane)(nil)
@@ -319,6 +324,7 @@ func (d *Dataplane) run(ctx context.Context, ch change) error {
 		return err
 	}
 	if err := d.commit(p); err != nil {
+		d.feStale = true
 		return err
 	}
 	d.state.mark()
@@ -598,14 +604,31 @@ func (d *Dataplane) planFrontends(p *plan) error {
 		return nil
 	}
 	next := make(map[bpf.FrontendKey]uint32, len(d.frontends))
-	owner := map[bpf.FrontendKey]string{}
-	for key, s := range d.svcs {
-		if p.svcDel[key] || p.svcUp[key] != nil {
-			continue
+	if d.feStale {
+		for key, s := range d.svcs {
+			if p.svcDel[key] || p.svcUp[key] != nil {
+				continue
+			}
+			for _, k := range frontendKeys(s.model()) {
+				next[k] = s.id
+			}
 		}
-		for _, k := range s.fe {
-			next[k] = s.id
-			owner[k] = key
+	} else {
+		// The frontends of the services this plan leaves alone: what
+		// km_frontend holds less those of services deleted or updated.
+		skip := make(map[uint32]bool, len(p.svcDel)+len(p.svcUp))
+		for key := range p.svcDel {
+			skip[d.svcs[key].id] = true
+		}
+		for key := range p.svcUp {
+			if s := d.svcs[key]; s != nil {
+				skip[s.id] = true
+			}
+		}
+		for k, id := range d.frontends {
+			if !skip[id] {
+				next[k] = id
+			}
 		}
 	}
 	keys := make([]string, 0, len(p.svcUp))
@@ -617,23 +640,23 @@ func (d *Dataplane) planFrontends(p *plan) error {
 		svc := p.svcUp[key]
 		id, _ := d.svcIDs.lookup(key)
 		for _, k := range frontendKeys(svc) {
-			if o, ok := owner[k]; ok && o != key {
+			if o, ok := next[k]; ok && o != id {
+				owner, _ := d.svcIDs.key(o)
 				return &InvalidError{Object: svcObject(key), Reason: fmt.Sprintf("%s is already used by service %q",
-					netip.AddrPortFrom(addrFrom16(k.Addr), ntohs(k.Port)), o)}
+					netip.AddrPortFrom(addrFrom16(k.Addr), ntohs(k.Port)), owner)}
 			}
 			next[k] = id
-			owner[k] = key
 		}
 	}
 	if len(next) > capFrontends {
 		var fe []delta
 		for key := range p.svcDel {
-			fe = append(fe, delta{key: key, n: -len(d.svcs[key].fe)})
+			fe = append(fe, delta{key: key, n: -len(frontendKeys(d.svcs[key].model()))})
 		}
 		for key, svc := range p.svcUp {
 			n := len(frontendKeys(svc))
 			if cur := d.svcs[key]; cur != nil {
-				n -= len(cur.fe)
+				n -= len(frontendKeys(cur.model()))
 			}
 			fe = append(fe, delta{key: key, n: n})
 		}
