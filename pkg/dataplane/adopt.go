@@ -113,7 +113,7 @@ func (d *Dataplane) adopt() error {
 			}
 			s := &svcState{id: ps.ID, enc: encodeService(ps.Service), gen: active[ps.ID]}
 			if s.gen != 0 {
-				s.count = recs[bpf.SvcKey{SvcId: ps.ID, Gen: s.gen}].Count
+				s.slots = uint32(countSlots(recs[bpf.SvcKey{SvcId: ps.ID, Gen: s.gen}].Count))
 			}
 			// digest 0: content unknown, so the next update rewrites it.
 			d.svcs[ps.Service.Key] = s

@@ -200,7 +200,7 @@ func (d *Dataplane) writeGenerations(ws []genWrite) error {
 		if err := d.retireActive(w.s, gens[i]); err != nil {
 			return err
 		}
-		w.s.gen, w.s.count, w.s.digest = gens[i], w.r.rec.Count, w.r.digest
+		w.s.gen, w.s.slots, w.s.digest = gens[i], uint32(countSlots(w.r.rec.Count)), w.r.digest
 	}
 	return nil
 }
@@ -237,7 +237,7 @@ func (d *Dataplane) writeGeneration(s *svcState, r rendered) error {
 	if err := d.retireActive(s, gen); err != nil {
 		return err
 	}
-	s.gen, s.count, s.digest = gen, r.rec.Count, r.digest
+	s.gen, s.slots, s.digest = gen, uint32(countSlots(r.rec.Count)), r.digest
 	return nil
 }
 
@@ -249,15 +249,20 @@ func (d *Dataplane) retireActive(s *svcState, gen uint32) error {
 		return err
 	}
 	if old != 0 {
-		cnt := s.count
-		if old != s.gen {
-			cnt = [bpf.Families][bpf.MaxTiers]uint32{} // unknown (adopted): the collector tolerates missing keys
-			if rec, ok := d.readRec(s.id, old); ok {
-				cnt = rec.Count
-			}
+		// The per-tier counts are the generation's record (services keep
+		// only their total): one lookup per retired generation. A record
+		// that cannot be read (only an adopted, foreign generation) counts
+		// as empty: the collector tolerates missing keys.
+		var cnt [bpf.Families][bpf.MaxTiers]uint32
+		if rec, ok := d.readRec(s.id, old); ok {
+			cnt = rec.Count
+		}
+		n := countSlots(cnt)
+		if old == s.gen {
+			n = int(s.slots)
 		}
 		d.gc.retireGen(retiredGen{svc: s.id, gen: old, count: cnt})
-		d.live.slots -= countSlots(cnt)
+		d.live.slots -= n
 		d.live.gens--
 	}
 	if gen == 0 {

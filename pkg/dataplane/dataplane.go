@@ -93,7 +93,7 @@ type svcState struct {
 	id     uint32
 	enc    string // the service as given, in the state file's encoding (model())
 	gen    uint32
-	count  [bpf.Families][bpf.MaxTiers]uint32
+	slots  uint32 // slots of the active generation (its per-tier counts are in its km_svc_gen record)
 	digest uint64
 	// The service's frontends are not kept here (frontendKeys(model())):
 	// km_frontend's mirror, Dataplane.frontends, says which id owns each.
@@ -734,7 +734,7 @@ func (d *Dataplane) checkCapacity(p *plan) error {
 	var slots, gens []delta
 	for key := range p.svcDel {
 		if s := d.svcs[key]; s != nil && s.gen != 0 {
-			slots = append(slots, delta{key: key, n: -countSlots(s.count)})
+			slots = append(slots, delta{key: key, n: -int(s.slots)})
 			gens = append(gens, delta{key: key, n: -1})
 		}
 	}
@@ -744,7 +744,7 @@ func (d *Dataplane) checkCapacity(p *plan) error {
 			if s.digest == r.digest {
 				continue
 			}
-			n -= countSlots(s.count)
+			n -= int(s.slots)
 			g = 0
 		}
 		slots = append(slots, delta{key: key, n: n})
