@@ -46,17 +46,12 @@ func BenchmarkConnectHook(b *testing.B) {
 	defer stats.Close()
 	batch := func(addr string, n int) float64 {
 		before := progStats(b, e.dp, "km_connect4")
-		var res testutil.DialResult
-		testutil.RunHelper(b, "dial", testutil.DialArgs{Network: "tcp4", Addr: addr, Count: n, Timeout: 3 * time.Second},
-			testutil.HelperOptions{Netns: e.cl.NS, Cgroup: e.client, Timeout: 30 * time.Minute}, &res)
-		if len(res.Errors) != 0 {
-			b.Fatalf("dial %s: %v", addr, res.Errors)
-		}
+		e.dialBatch(b, addr, n)
 		after := progStats(b, e.dp, "km_connect4")
 		if runs := after.RunCount - before.RunCount; runs != uint64(n) {
 			b.Fatalf("%d connects ran connect4 %d times", n, runs)
 		}
-		return bpf.ProgramStats{RunCount: after.RunCount - before.RunCount, RunTime: after.RunTime - before.RunTime}.NsPerRun()
+		return nsPerRunBetween(before, after)
 	}
 	var lb, pass []float64
 	b.ResetTimer()
@@ -128,6 +123,23 @@ func emptyProgramCost(b *testing.B) float64 {
 		b.Fatal(err)
 	}
 	return bpf.ProgramStats{RunCount: st.RunCount, RunTime: st.Runtime}.NsPerRun()
+}
+
+// dialBatch makes n connects to addr from the enrolled client and fails the
+// benchmark on any error.
+func (e *env) dialBatch(b *testing.B, addr string, n int) {
+	b.Helper()
+	var res testutil.DialResult
+	testutil.RunHelper(b, "dial", testutil.DialArgs{Network: "tcp4", Addr: addr, Count: n, Timeout: 3 * time.Second},
+		testutil.HelperOptions{Netns: e.cl.NS, Cgroup: e.client, Timeout: 30 * time.Minute}, &res)
+	if len(res.Errors) != 0 {
+		b.Fatalf("dial %s: %v", addr, res.Errors)
+	}
+}
+
+// nsPerRunBetween is the cost per run of the runs between two readings.
+func nsPerRunBetween(before, after bpf.ProgramStats) float64 {
+	return bpf.ProgramStats{RunCount: after.RunCount - before.RunCount, RunTime: after.RunTime - before.RunTime}.NsPerRun()
 }
 
 func progStats(tb testing.TB, dp *Dataplane, name string) bpf.ProgramStats {

@@ -11,10 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/kmesh-go/kmesh/pkg/bpf"
-	"github.com/kmesh-go/kmesh/pkg/bpf/bpftest"
 	"github.com/kmesh-go/kmesh/pkg/model"
-	"github.com/kmesh-go/kmesh/pkg/testutil"
 )
 
 // TestConcurrentReadersDuringChurn: the workload table is edited in place,
@@ -25,14 +22,8 @@ import (
 // and the state file written meanwhile restores the final model exactly.
 // Run it with -race to check the locking.
 func TestConcurrentReadersDuringChurn(t *testing.T) {
-	testutil.Privileged(t)
-	cg := testutil.NewCgroup(t)
-	opts := Options{BPF: bpftest.Options(t, cg), StateDir: t.TempDir()}
-	t.Cleanup(func() { bpf.Uninstall(opts.BPF) })
-	dp, err := Open(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
+	dp, opts := openScratch(t)
+	var err error
 	defer func() { dp.Close() }()
 	ctx := context.Background()
 	if err := dp.Apply(ctx, bigSnapshot(20, 10)); err != nil {

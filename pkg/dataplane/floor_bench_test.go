@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"slices"
 	"testing"
-	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
@@ -12,7 +11,6 @@ import (
 
 	"github.com/kmesh-go/kmesh/pkg/bpf"
 	"github.com/kmesh-go/kmesh/pkg/model"
-	"github.com/kmesh-go/kmesh/pkg/testutil"
 )
 
 // BenchmarkConnectHookFloor measures what any connect4 hook costs on this
@@ -98,9 +96,6 @@ func BenchmarkConnectHookFloor(b *testing.B) {
 		}
 		return bpf.ProgramStats{RunCount: st.RunCount, RunTime: st.Runtime}
 	}
-	delta := func(a, b bpf.ProgramStats) float64 {
-		return bpf.ProgramStats{RunCount: b.RunCount - a.RunCount, RunTime: b.RunTime - a.RunTime}.NsPerRun()
-	}
 	// One floor program at a time, rotating per batch, so each is the first
 	// program a connect() runs (the first pays for entering BPF at all).
 	progs := []*ebpf.Program{empty, array, lookup}
@@ -116,21 +111,18 @@ func BenchmarkConnectHookFloor(b *testing.B) {
 			b.Fatal(err)
 		}
 		o0, f0 := ours(), floor(progs[i])
-		var res testutil.DialResult
-		testutil.RunHelper(b, "dial", testutil.DialArgs{Network: "tcp4", Addr: vipAddr(vip4, port80), Count: n, Timeout: 3 * time.Second},
-			testutil.HelperOptions{Netns: e.cl.NS, Cgroup: e.client, Timeout: 30 * time.Minute}, &res)
+		func() {
+			defer l.Close()
+			// The hash program denies (returns 0) on a miss: a dial
+			// error means the floor did not measure a hit.
+			e.dialBatch(b, vipAddr(vip4, port80), n)
+		}()
 		o1, f1 := ours(), floor(progs[i])
-		l.Close()
-		if len(res.Errors) != 0 {
-			// The hash program denies (returns 0) on a miss: errors here
-			// mean the floor did not measure a hit.
-			b.Fatalf("dial: %v", res.Errors)
-		}
 		if o1.RunCount-o0.RunCount != uint64(n) || f1.RunCount-f0.RunCount != uint64(n) {
 			b.Fatalf("%d connects ran km_connect4 %d times, the floor program %d times", n, o1.RunCount-o0.RunCount, f1.RunCount-f0.RunCount)
 		}
-		lb = append(lb, delta(o0, o1))
-		costs[i] = append(costs[i], delta(f0, f1))
+		lb = append(lb, nsPerRunBetween(o0, o1))
+		costs[i] = append(costs[i], nsPerRunBetween(f0, f1))
 	}
 	b.StopTimer()
 	b.ReportMetric(median(lb), "ns/connect4-lb")

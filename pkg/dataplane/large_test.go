@@ -11,19 +11,27 @@ import (
 	"github.com/kmesh-go/kmesh/pkg/testutil"
 )
 
-// TestLargePush applies a push large enough for the bulk paths (GOGC raised
-// for the call, states and names allocated in chunks): the collector setting
-// is restored, the model comes back exactly, also after a restart from the
-// state file, and re-applying it changes nothing.
-func TestLargePush(t *testing.T) {
+// openScratch opens a dataplane on its own cgroup and state directory, with
+// everything it pins removed at cleanup; opts reopens it for a restart.
+func openScratch(t *testing.T) (*Dataplane, Options) {
+	t.Helper()
 	testutil.Privileged(t)
-	cg := testutil.NewCgroup(t)
-	opts := Options{BPF: bpftest.Options(t, cg), StateDir: t.TempDir()}
+	opts := Options{BPF: bpftest.Options(t, testutil.NewCgroup(t)), StateDir: t.TempDir()}
 	t.Cleanup(func() { bpf.Uninstall(opts.BPF) })
 	dp, err := Open(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return dp, opts
+}
+
+// TestLargePush applies a push large enough for the bulk paths (GOGC raised
+// for the call, states and names allocated in chunks): the collector setting
+// is restored, the model comes back exactly, also after a restart from the
+// state file, and re-applying it changes nothing.
+func TestLargePush(t *testing.T) {
+	dp, opts := openScratch(t)
+	var err error
 	defer func() { dp.Close() }()
 	// 12 100 objects: over both bulk thresholds. Under TCG (-short, VM
 	// tier) 1 210: states still allocated in chunks, GOGC left alone.
