@@ -18,6 +18,10 @@ BUILD       := $(CURDIR)/.build
 KHEADERS    ?= $(KMESH_CACHE)/headers/$(KVER_612)/usr/src/linux-headers-$(KVER_612)
 
 GO_BINS     := kmeshd kmeshctl
+# grpcnotrace leaves gRPC's request tracing (golang.org/x/net/trace and the
+# html/template it pulls in) out of the daemons: a 7 MB smaller kmeshd and
+# ~3 MB less RSS (docs/performance.md). The tests that build kmeshd use it too.
+GO_TAGS     := grpcnotrace
 VMTEST      := $(GO) run ./test/vm/vmtest
 
 .PHONY: help all build deps generate check-generated vmlinux lint kmod kmod-clean \
@@ -41,7 +45,7 @@ all: build
 
 build:
 	@mkdir -p $(BUILD)
-	$(foreach b,$(GO_BINS),CGO_ENABLED=0 $(GO) build -trimpath -o $(BUILD)/$(b) ./daemon/$(b) &&) true
+	$(foreach b,$(GO_BINS),CGO_ENABLED=0 $(GO) build -trimpath -tags $(GO_TAGS) -o $(BUILD)/$(b) ./daemon/$(b) &&) true
 
 deps:
 	@out=$$(bash .ci/deps.sh) && mkdir -p $(KMESH_CACHE) && \

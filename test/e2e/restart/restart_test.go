@@ -29,14 +29,12 @@ import (
 
 func TestMain(m *testing.M) { testutil.HelperMain(m) }
 
-// build compiles kmeshd with the given build tags into dir.
+// build compiles kmeshd into dir as the Makefile does (tag grpcnotrace),
+// plus the given build tags.
 func build(t testing.TB, dir, name string, tags ...string) string {
 	t.Helper()
 	out := filepath.Join(dir, name)
-	args := []string{"build", "-o", out}
-	if len(tags) > 0 {
-		args = append(args, "-tags", strings.Join(tags, ","))
-	}
+	args := []string{"build", "-o", out, "-tags", strings.Join(append([]string{"grpcnotrace"}, tags...), ",")}
 	args = append(args, "github.com/kmesh-go/kmesh/daemon/kmeshd")
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
