@@ -133,7 +133,7 @@ func (d *Dataplane) adopt() error {
 			if w.enrolment().cgroup != 0 {
 				d.cgLevels[w.enrolment().level]++
 			}
-			d.installWorkload(nil, w)
+			d.installWorkload(w)
 			d.addMemberships(w)
 		}
 	}

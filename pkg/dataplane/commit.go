@@ -114,7 +114,6 @@ func (d *Dataplane) commit(p *plan) error {
 	if d.wls.len() == 0 && len(p.wlUp) > 1024 {
 		// The first full push: size the indexes once.
 		d.wls.reserve(len(p.wlUp))
-		d.addrIndex.v4 = make(map[uint32]uint32, len(p.wlUp))
 	}
 	// Member lists first: should a step below fail, they name workloads
 	// of the plan, which readers skip while they have no state.
@@ -133,7 +132,7 @@ func (d *Dataplane) commit(p *plan) error {
 				return err
 			}
 		}
-		d.installWorkload(cur, st)
+		d.installWorkload(st)
 	}
 	if levelsChanged {
 		if err := d.writeConfig(); err != nil {

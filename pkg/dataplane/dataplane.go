@@ -83,8 +83,6 @@ type Dataplane struct {
 	legacyLevels uint64
 
 	wp wpState // waypoints (waypoint.go)
-
-	addrIndex addrIndex // workload addresses (view.go)
 }
 
 type counts struct{ slots, gens int }

@@ -43,7 +43,7 @@ func (d *Dataplane) WorkloadByID(id uint32) (WorkloadName, bool) {
 func (d *Dataplane) WorkloadByAddr(a netip.Addr) (WorkloadName, bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	id, ok := d.addrIndex.lookup(a)
+	id, ok := d.wls.addrOwner(a)
 	if !ok {
 		return WorkloadName{}, false
 	}
@@ -97,61 +97,4 @@ func (d *Dataplane) Snapshot() *model.Snapshot {
 	sort.Slice(s.Services, func(i, j int) bool { return s.Services[i].Key < s.Services[j].Key })
 	sort.Slice(s.Workloads, func(i, j int) bool { return s.Workloads[i].UID < s.Workloads[j].UID })
 	return s
-}
-
-// addrIndex maps workload addresses to workload ids (the last workload
-// installed with an address owns it), keyed by the maps' address words:
-// IPv4 keys are one word, so 100k workloads cost ~1.5 MB.
-type addrIndex struct {
-	v4 map[uint32]uint32
-	v6 map[[4]uint32]uint32
-}
-
-func (x *addrIndex) lookup(a netip.Addr) (uint32, bool) {
-	w := addr16(a.Unmap())
-	if a.Unmap().Is4() {
-		id, ok := x.v4[w[3]]
-		return id, ok
-	}
-	id, ok := x.v6[w]
-	return id, ok
-}
-
-// set adds (or, with remove, drops) the address with map words w.
-func (x *addrIndex) set(w [4]uint32, v4 bool, id uint32, remove bool) {
-	if v4 {
-		if !remove {
-			if x.v4 == nil {
-				x.v4 = map[uint32]uint32{}
-			}
-			x.v4[w[3]] = id
-		} else if cur, ok := x.v4[w[3]]; ok && cur == id {
-			delete(x.v4, w[3])
-		}
-		return
-	}
-	if !remove {
-		if x.v6 == nil {
-			x.v6 = map[[4]uint32]uint32{}
-		}
-		x.v6[w] = id
-	} else if cur, ok := x.v6[w]; ok && cur == id {
-		delete(x.v6, w)
-	}
-}
-
-// index adds (or, with remove, drops) every address of w.
-func (x *addrIndex) index(w *wlState, remove bool) {
-	if as := w.givenAddrs(); as != nil {
-		for _, a := range *as {
-			a = a.Unmap()
-			x.set(addr16(a), a.Is4(), w.id, remove)
-		}
-		return
-	}
-	for fam, has := range w.ep.has {
-		if has {
-			x.set(w.ep.addr[fam], fam == bpf.FamV4, w.id, remove)
-		}
-	}
 }

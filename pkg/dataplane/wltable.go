@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"hash/maphash"
 	"iter"
+	"net/netip"
 	"strings"
 	"unsafe"
 
@@ -44,10 +45,19 @@ type wlTable struct {
 	byUID []uint32         // slot+1, 0: empty
 	byID  []uint32
 	n     int
-	names arena
-	locs  refTab[*model.Locality]
-	lists refTab[*[]membership]
-	pfx   refTab[string] // uid prefixes, interned
+	// The address index (WorkloadByAddr): which workload owns each
+	// workload address, the last one installed with it (see claimAddr).
+	// An owner that holds the address in its v4 or v6 column is found
+	// through byAddr (slot+1, with addrV6 for the v6 column), compared
+	// against that column like byUID against the uid; one that has it only
+	// in its address list as given (wlRare.addrs) is in xaddr, by id.
+	byAddr []uint32
+	naddr  int
+	xaddr  map[addrKey]uint32
+	names  arena
+	locs   refTab[*model.Locality]
+	lists  refTab[*[]membership]
+	pfx    refTab[string] // uid prefixes, interned
 }
 
 // uidPrefix is the part of uid up to its last '/' when it is worth sharing
@@ -280,6 +290,9 @@ func (t *wlTable) reserve(n int) {
 	if size := tableSize(n); size > len(t.byUID) {
 		t.resize(size)
 	}
+	if size := tableSize(n); size > len(t.byAddr) {
+		t.resizeAddr(size)
+	}
 	if cap(t.recs) < n {
 		recs := make([]wlRec, len(t.recs), n)
 		copy(recs, t.recs)
@@ -398,6 +411,7 @@ func (t *wlTable) put(w *wlState) {
 	t.recs[slot] = r
 	t.insert(slot)
 	t.n++
+	t.indexAddrs(slot, true)
 	t.compactNames()
 }
 
@@ -409,6 +423,7 @@ func (t *wlTable) del(w *wlState) {
 }
 
 func (t *wlTable) delSlot(slot uint32) {
+	t.indexAddrs(slot, false)
 	mask := uint64(len(t.byUID) - 1)
 	for i := t.uidHashOf(slot) & mask; t.byUID[i] != 0; i = (i + 1) & mask {
 		if t.byUID[i] == slot+1 {
@@ -443,8 +458,13 @@ func (t *wlTable) delSlot(slot uint32) {
 		*t = wlTable{}
 	} else if len(t.recs) > 1024 && t.n*4 < len(t.recs) {
 		t.compactRecs()
-	} else if len(t.byUID) > 1024 && t.n*8 < len(t.byUID) {
-		t.resize(len(t.byUID) / 2)
+	} else {
+		if len(t.byUID) > 1024 && t.n*8 < len(t.byUID) {
+			t.resize(len(t.byUID) / 2)
+		}
+		if len(t.byAddr) > 1024 && t.naddr*8 < len(t.byAddr) {
+			t.resizeAddr(len(t.byAddr) / 2)
+		}
 	}
 }
 
@@ -454,12 +474,14 @@ func (t *wlTable) compactRecs() {
 	recs := make([]wlRec, 0, t.n)
 	var v6 [][4]uint32
 	var sides map[uint32]*side
+	renum := make([]uint32, len(t.recs)) // old slot -> new slot+1
 	for s := range t.recs {
 		r := t.recs[s]
 		if r.id == 0 {
 			continue
 		}
 		ns := uint32(len(recs))
+		renum[s] = ns + 1
 		recs = append(recs, r)
 		if r.flags&recHas6 != 0 {
 			for len(v6) <= int(ns) {
@@ -476,6 +498,16 @@ func (t *wlTable) compactRecs() {
 	}
 	t.recs, t.free, t.v6, t.side = recs, nil, v6, sides
 	t.resize(tableSize(t.n))
+	// The address entries stay where they are (their addresses moved with
+	// their records); only their slots change.
+	for i, e := range t.byAddr {
+		if e != 0 {
+			t.byAddr[i] = e&addrV6 | renum[e&^addrV6-1]
+		}
+	}
+	if size := tableSize(t.naddr); size < len(t.byAddr) {
+		t.resizeAddr(size)
+	}
 }
 
 // shiftOut empties slot i of a linear-probing table, moving later entries
@@ -614,5 +646,185 @@ func (t *refTab[T]) unref(i uint32) {
 		var zero T
 		t.vals[i] = zero
 		t.free = append(t.free, i)
+	}
+}
+
+// addrKey is a workload address as the index keys it: the maps' address
+// words, of which an IPv4 address uses only the last (w[3]; the others are
+// zero here).
+type addrKey struct {
+	w  [4]uint32
+	v6 bool
+}
+
+// keyOf is a's key (a unmapped: ::ffff:a.b.c.d is a.b.c.d).
+func keyOf(a netip.Addr) addrKey {
+	a = a.Unmap()
+	w := addr16(a)
+	if a.Is4() {
+		return addrKey{w: [4]uint32{3: w[3]}}
+	}
+	return addrKey{w: w, v6: true}
+}
+
+// addrV6 marks a byAddr entry whose address is its slot's v6 column.
+const addrV6 = 1 << 31
+
+func addrHash(k addrKey) uint64 {
+	if !k.v6 {
+		return idHash(k.w[3])
+	}
+	x := (uint64(k.w[0])<<32 | uint64(k.w[1])) * 0x9E3779B97F4A7C15
+	y := (uint64(k.w[2])<<32 | uint64(k.w[3]) ^ x) * 0xC2B2AE3D27D4EB4F
+	return (x ^ y) >> 32
+}
+
+// holds reports whether slot has k in its v4 or v6 column.
+func (t *wlTable) holds(slot uint32, k addrKey) bool {
+	r := &t.recs[slot]
+	if !k.v6 {
+		return r.flags&recHas4 != 0 && r.v4 == k.w[3]
+	}
+	return r.flags&recHas6 != 0 && t.v6[slot] == k.w
+}
+
+// entryKey is the address of byAddr entry e, read from its slot's column.
+func (t *wlTable) entryKey(e uint32) addrKey {
+	slot := e&^addrV6 - 1
+	if e&addrV6 == 0 {
+		return addrKey{w: [4]uint32{3: t.recs[slot].v4}}
+	}
+	return addrKey{w: t.v6[slot], v6: true}
+}
+
+// addrPos finds k's entry in byAddr.
+func (t *wlTable) addrPos(k addrKey) (uint64, bool) {
+	if t.naddr == 0 {
+		return 0, false
+	}
+	mask := uint64(len(t.byAddr) - 1)
+	for i := addrHash(k) & mask; ; i = (i + 1) & mask {
+		e := t.byAddr[i]
+		if e == 0 {
+			return 0, false
+		}
+		if (e&addrV6 != 0) == k.v6 && t.holds(e&^addrV6-1, k) {
+			return i, true
+		}
+	}
+}
+
+// addrOwner is the id of the workload that owns a.
+func (t *wlTable) addrOwner(a netip.Addr) (uint32, bool) {
+	k := keyOf(a)
+	if i, ok := t.addrPos(k); ok {
+		return t.recs[t.byAddr[i]&^addrV6-1].id, true
+	}
+	id, ok := t.xaddr[k]
+	return id, ok
+}
+
+// claimAddr makes slot the owner of k: the last workload indexed with an
+// address owns it, whoever did before.
+func (t *wlTable) claimAddr(slot uint32, k addrKey) {
+	if i, ok := t.addrPos(k); ok {
+		if t.byAddr[i]&^addrV6 == slot+1 {
+			return
+		}
+		t.dropAddrAt(i)
+	} else if t.xaddr != nil {
+		t.dropX(k)
+	}
+	if !t.holds(slot, k) {
+		if t.xaddr == nil {
+			t.xaddr = map[addrKey]uint32{}
+		}
+		t.xaddr[k] = t.recs[slot].id
+		return
+	}
+	if (t.naddr+1)*8 > len(t.byAddr)*7 {
+		t.resizeAddr(max(64, 2*len(t.byAddr)))
+	}
+	e := slot + 1
+	if k.v6 {
+		e |= addrV6
+	}
+	t.insertAddr(e)
+	t.naddr++
+}
+
+// releaseAddr drops k from the index if slot owns it (an address a later
+// workload took stays with that one).
+func (t *wlTable) releaseAddr(slot uint32, k addrKey) {
+	if i, ok := t.addrPos(k); ok {
+		if t.byAddr[i]&^addrV6 == slot+1 {
+			t.dropAddrAt(i)
+		}
+		return
+	}
+	if id, ok := t.xaddr[k]; ok && id == t.recs[slot].id {
+		t.dropX(k)
+	}
+}
+
+// dropX deletes k from xaddr, and the map once empty (a map keeps its
+// memory after deletes).
+func (t *wlTable) dropX(k addrKey) {
+	if delete(t.xaddr, k); len(t.xaddr) == 0 {
+		t.xaddr = nil
+	}
+}
+
+func (t *wlTable) dropAddrAt(i uint64) {
+	mask := uint64(len(t.byAddr) - 1)
+	shiftOut(t.byAddr, i, func(e uint32) uint64 { return addrHash(t.entryKey(e)) & mask })
+	t.naddr--
+}
+
+func (t *wlTable) insertAddr(e uint32) {
+	mask := uint64(len(t.byAddr) - 1)
+	i := addrHash(t.entryKey(e)) & mask
+	for t.byAddr[i] != 0 {
+		i = (i + 1) & mask
+	}
+	t.byAddr[i] = e
+}
+
+// resizeAddr rehashes byAddr into size entries (the owners stay: they are
+// history, not derived from the records).
+func (t *wlTable) resizeAddr(size int) {
+	old := t.byAddr
+	t.byAddr = make([]uint32, size)
+	for _, e := range old {
+		if e != 0 {
+			t.insertAddr(e)
+		}
+	}
+}
+
+// indexAddrs claims (or releases) every address of slot's workload: its
+// addresses as given when it keeps them, else its v4 and v6 columns.
+func (t *wlTable) indexAddrs(slot uint32, claim bool) {
+	r := &t.recs[slot]
+	each := func(k addrKey) {
+		if claim {
+			t.claimAddr(slot, k)
+		} else {
+			t.releaseAddr(slot, k)
+		}
+	}
+	if r.flags&recSide != 0 {
+		if x := t.side[slot].x; x != nil && x.addrs != nil {
+			for _, a := range *x.addrs {
+				each(keyOf(a))
+			}
+			return
+		}
+	}
+	if r.flags&recHas4 != 0 {
+		each(addrKey{w: [4]uint32{3: r.v4}})
+	}
+	if r.flags&recHas6 != 0 {
+		each(addrKey{w: t.v6[slot], v6: true})
 	}
 }

@@ -37,14 +37,37 @@ func randomState(rng *rand.Rand, uid string, id uint32, locs []*model.Locality, 
 	w.loc = locs[rng.Intn(len(locs))]
 	if rng.Intn(5) > 0 {
 		w.ep.has[bpf.FamV4] = true
-		w.ep.addr[bpf.FamV4] = addr16(netip.AddrFrom4([4]byte{10, byte(rng.Intn(256)), byte(rng.Intn(256)), byte(rng.Intn(256))}))
+		w.ep.addr[bpf.FamV4] = addr16(poolAddr(rng, false))
 	}
 	if rng.Intn(4) == 0 {
 		w.ep.has[bpf.FamV6] = true
-		w.ep.addr[bpf.FamV6] = [4]uint32{rng.Uint32(), 0, 0, rng.Uint32()}
+		w.ep.addr[bpf.FamV6] = addr16(poolAddr(rng, true))
 	}
 	if rng.Intn(30) == 0 {
 		w.ep.addr[bpf.FamV4][0] = 7 // not what addr16 gives: kept whole
+	}
+	if rng.Intn(8) == 0 {
+		// Addresses as given that ep does not say: ep's own (IPv4 also
+		// mapped), others (owned elsewhere, or by nobody else), repeats.
+		var as []netip.Addr
+		for n := rng.Intn(5); len(as) < n; {
+			switch a := addrFrom16(w.ep.addr[rng.Intn(2)]); rng.Intn(4) {
+			case 0:
+				if a.IsValid() && !a.IsUnspecified() {
+					as = append(as, a)
+				}
+			case 1:
+				if a.Is4() {
+					as = append(as, netip.AddrFrom16(a.As16()))
+				}
+			default:
+				as = append(as, poolAddr(rng, rng.Intn(3) == 0))
+			}
+			if len(as) > 0 && rng.Intn(6) == 0 {
+				as = append(as, as[rng.Intn(len(as))])
+			}
+		}
+		w.rare().addrs = &as
 	}
 	w.ep.local = rng.Intn(10) == 0
 	switch rng.Intn(5) {
@@ -61,10 +84,91 @@ func randomState(rng *rand.Rand, uid string, id uint32, locs []*model.Locality, 
 	return w
 }
 
+// poolAddr is an address from a pool small enough that workloads share
+// addresses.
+func poolAddr(rng *rand.Rand, v6 bool) netip.Addr {
+	if v6 {
+		// Equal last words in different addresses too.
+		return netip.AddrFrom16([16]byte{0: 0xfd, 1: 7, 5: byte(rng.Intn(2)), 14: byte(rng.Intn(2)), 15: byte(rng.Intn(128))})
+	}
+	return netip.AddrFrom4([4]byte{10, 0, byte(rng.Intn(8)), byte(rng.Intn(256))})
+}
+
+// refAddrIndex is the address index as Go maps (its semantics before it
+// moved into the table): IPv4 keyed by the last address word, the last
+// workload indexed with an address owns it, and a workload drops only the
+// addresses it owns.
+type refAddrIndex struct {
+	v4 map[uint32]uint32
+	v6 map[[4]uint32]uint32
+}
+
+func (x *refAddrIndex) lookup(a netip.Addr) (uint32, bool) {
+	w := addr16(a.Unmap())
+	if a.Unmap().Is4() {
+		id, ok := x.v4[w[3]]
+		return id, ok
+	}
+	id, ok := x.v6[w]
+	return id, ok
+}
+
+func (x *refAddrIndex) set(w [4]uint32, v4 bool, id uint32, remove bool) {
+	if v4 {
+		if !remove {
+			if x.v4 == nil {
+				x.v4 = map[uint32]uint32{}
+			}
+			x.v4[w[3]] = id
+		} else if cur, ok := x.v4[w[3]]; ok && cur == id {
+			delete(x.v4, w[3])
+		}
+		return
+	}
+	if !remove {
+		if x.v6 == nil {
+			x.v6 = map[[4]uint32]uint32{}
+		}
+		x.v6[w] = id
+	} else if cur, ok := x.v6[w]; ok && cur == id {
+		delete(x.v6, w)
+	}
+}
+
+func (x *refAddrIndex) index(w *wlState, remove bool) {
+	if as := w.givenAddrs(); as != nil {
+		for _, a := range *as {
+			a = a.Unmap()
+			x.set(addr16(a), a.Is4(), w.id, remove)
+		}
+		return
+	}
+	for fam, has := range w.ep.has {
+		if has {
+			x.set(w.ep.addr[fam], fam == bpf.FamV4, w.id, remove)
+		}
+	}
+}
+
+// addrsOf lists every address w is indexed under, IPv4 also mapped.
+func addrsOf(w *wlState) []netip.Addr {
+	as := w.epAddrs()
+	if g := w.givenAddrs(); g != nil {
+		as = append(as, *g...)
+	}
+	for _, a := range as {
+		if a.Is4() {
+			as = append(as, netip.AddrFrom16(a.As16()))
+		}
+	}
+	return as
+}
+
 // TestWlTable checks the columnar workload table against a Go map of
 // states under random inserts, replacements and deletes (growing, shrinking,
 // arena and slot compaction): every field comes back by uid, by id and from
-// all, and Snapshot-style model values are equal.
+// all, and Snapshot-style model values are equal; the address index gives
+// the owners the Go-map index (refAddrIndex) gives.
 func TestWlTable(t *testing.T) {
 	rng := rand.New(rand.NewSource(1))
 	var locs []*model.Locality
@@ -76,8 +180,31 @@ func TestWlTable(t *testing.T) {
 	}
 	var tab wlTable
 	ref := map[string]*wlState{}
+	var refAddrs refAddrIndex
+	checkAddrs := func(where string, as []netip.Addr) {
+		t.Helper()
+		for _, a := range as {
+			id, ok := tab.addrOwner(a)
+			wantID, want := refAddrs.lookup(a)
+			if id != wantID || ok != want {
+				t.Fatalf("%s: address %v owned by %d (%v), want %d (%v)", where, a, id, ok, wantID, want)
+			}
+		}
+	}
+	var pool []netip.Addr
+	for i := 0; i < 2048; i++ {
+		a := netip.AddrFrom4([4]byte{10, 0, byte(i >> 8), byte(i)})
+		pool = append(pool, a, netip.AddrFrom16(a.As16()))
+	}
+	for i := 0; i < 512; i++ {
+		pool = append(pool, netip.AddrFrom16([16]byte{0: 0xfd, 1: 7, 5: byte(i >> 8), 14: byte(i >> 7 & 1), 15: byte(i & 127)}))
+	}
 	check := func(where string) {
 		t.Helper()
+		checkAddrs(where, pool)
+		for _, w := range ref {
+			checkAddrs(where, addrsOf(w))
+		}
 		if tab.len() != len(ref) {
 			t.Fatalf("%s: len %d, want %d", where, tab.len(), len(ref))
 		}
@@ -127,9 +254,20 @@ func TestWlTable(t *testing.T) {
 			case rng.Intn(3) > 0: // insert or replace (same uid, same id)
 				w := randomState(rng, uid, uint32(k+1), locs, lists)
 				tab.put(w)
+				old := ref[uid]
+				if old != nil {
+					refAddrs.index(old, true)
+				}
+				refAddrs.index(w, false)
 				ref[uid] = w
+				checkAddrs(fmt.Sprintf("round %d step %d: put", round, i), addrsOf(w))
+				if old != nil {
+					checkAddrs(fmt.Sprintf("round %d step %d: replaced", round, i), addrsOf(old))
+				}
 			case ref[uid] != nil:
 				tab.del(ref[uid])
+				refAddrs.index(ref[uid], true)
+				checkAddrs(fmt.Sprintf("round %d step %d: deleted", round, i), addrsOf(ref[uid]))
 				delete(ref, uid)
 			}
 			if got, want := tab.get(uid), ref[uid]; (got == nil) != (want == nil) || (got != nil && !sameState(got, want)) {
@@ -141,6 +279,7 @@ func TestWlTable(t *testing.T) {
 		for uid, w := range ref {
 			if rng.Intn(10) > 0 {
 				tab.del(w)
+				refAddrs.index(w, true)
 				delete(ref, uid)
 			}
 		}
@@ -154,9 +293,58 @@ func TestWlTable(t *testing.T) {
 	}
 	for _, w := range ref {
 		tab.del(w)
+		refAddrs.index(w, true)
 	}
-	if tab.len() != 0 || tab.byUID != nil || tab.recs != nil || tab.locs.idx != nil {
+	if len(refAddrs.v4)+len(refAddrs.v6) != 0 {
+		t.Fatal("reference address index not empty")
+	}
+	if tab.len() != 0 || tab.byUID != nil || tab.recs != nil || tab.locs.idx != nil || tab.byAddr != nil || tab.xaddr != nil {
 		t.Fatalf("emptied table keeps %d entries, %d slots", tab.len(), len(tab.byUID))
+	}
+}
+
+// TestWlTableAddrShrink: the address index shrinks when workloads lose
+// their addresses (no slot compaction then) and stays exact.
+func TestWlTableAddrShrink(t *testing.T) {
+	var tab wlTable
+	tab.reserve(3000)
+	loc := &model.Locality{}
+	state := func(i int, addrs bool) *wlState {
+		w := newWlState(fmt.Sprintf("w/%d", i), "", "")
+		w.id, w.loc = uint32(i+1), loc
+		if addrs {
+			w.ep.has = [2]bool{true, true}
+			w.ep.addr[bpf.FamV4] = addr16(netip.AddrFrom4([4]byte{10, 1, byte(i >> 8), byte(i)}))
+			w.ep.addr[bpf.FamV6] = addr16(netip.AddrFrom16([16]byte{0: 0xfd, 14: byte(i >> 8), 15: byte(i)}))
+		}
+		return w
+	}
+	owner := func(i int) (uint32, uint32) {
+		w := state(i, true)
+		a, _ := tab.addrOwner(addrFrom16(w.ep.addr[bpf.FamV4]))
+		b, _ := tab.addrOwner(addrFrom16(w.ep.addr[bpf.FamV6]))
+		return a, b
+	}
+	for i := 0; i < 3000; i++ {
+		tab.put(state(i, true))
+	}
+	grown := len(tab.byAddr)
+	for i := 0; i < 3000; i++ {
+		if a, b := owner(i); a != uint32(i+1) || b != uint32(i+1) {
+			t.Fatalf("workload %d: addresses owned by %d, %d", i, a, b)
+		}
+	}
+	for i := 0; i < 2990; i++ {
+		tab.put(state(i, false))
+	}
+	if len(tab.byAddr) >= grown/4 || tab.naddr != 20 {
+		t.Fatalf("address index of %d entries (%d before) for %d addresses", len(tab.byAddr), grown, tab.naddr)
+	}
+	for i := 0; i < 3000; i++ {
+		a, b := owner(i)
+		if want := uint32(i + 1); i < 2990 && (a != 0 || b != 0) || i >= 2990 && (a != want || b != want) {
+			t.Fatalf("workload %d: addresses owned by %d, %d after the shrink", i, a, b)
+		}
 	}
 }
 

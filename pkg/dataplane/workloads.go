@@ -494,21 +494,16 @@ func (d *Dataplane) membersOf(p *plan, key string) []member {
 	return out
 }
 
-// installWorkload makes st current (replacing cur, if any) in the indexes
-// (the table copies it).
+// installWorkload makes st current, replacing the workload with its uid
+// (the table copies it, and indexes its addresses).
 // Service memberships are not kept here: commit takes them whole from the
 // plan (plan.members), adopt with addMemberships.
-func (d *Dataplane) installWorkload(cur, st *wlState) {
+func (d *Dataplane) installWorkload(st *wlState) {
 	d.wls.put(st)
-	if cur != nil {
-		d.addrIndex.index(cur, true)
-	}
-	d.addrIndex.index(st, false)
 }
 
 func (d *Dataplane) removeWorkload(cur *wlState) {
 	d.wls.del(cur)
-	d.addrIndex.index(cur, true)
 }
 
 // addMemberships records st in the member lists of its services.
