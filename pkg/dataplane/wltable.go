@@ -14,18 +14,20 @@ import (
 
 // wlTable holds the installed workloads in columns instead of one heap
 // object per workload: a node may carry 100k of them and the daemon's budget
-// is ~40 MB. Each workload is a 44-byte pointer-free record (wlRec) in a
+// is ~40 MB. Each workload is a 32-byte pointer-free record (wlRec) in a
 // slice indexed by slot; its uid, name and namespace are bytes in an
 // append-only arena of 64 KiB chunks (compacted when more than half of it is
 // dead), except the uid's prefix up to its last '/', which the workloads of a
 // namespace share and which is interned (uidPrefix); interned localities
-// and membership lists are referenced by index (refTab); IPv6 addresses sit in a column of their own, allocated only once
-// a workload has one; what few workloads have (wlRare, very long names, an
-// endpoint whose address words are not the canonical ones) sits in a side
-// map keyed by slot. uid and id find the slot through two open-addressing
+// and membership lists are referenced by index (refTab); IPv6 addresses sit
+// in a column of their own, allocated only once a workload has one; what
+// few workloads have (wlRare, names from 256 bytes on, an endpoint whose
+// address words are not the canonical ones, a locality numbered from
+// locWide on) sits in a side map keyed by slot, a weight from 3 on in
+// another. uid, id and address find the slot through open-addressing
 // tables of uint32 (linear probing, load at most 7/8, deletion by backward
 // shift). None of the big slices holds a pointer, so the collector does not
-// scan them. At 100k workloads this is ~75 bytes per workload with uids and
+// scan them. At 100k workloads this is ~60 bytes per workload with uids and
 // indexes, against ~170 as a 96-byte wlState each plus pointer tables.
 //
 // Reads hand out a wlState built from the columns (get, getID allocate one;
@@ -38,13 +40,15 @@ import (
 // leave the dataplane (names, model) so that a kept name does not keep a
 // 64 KiB chunk alive.
 type wlTable struct {
-	recs  []wlRec          // by slot; id 0: a free slot
-	free  []uint32         // free slots
-	v6    [][4]uint32      // IPv6 address words by slot (nil until one has it)
-	side  map[uint32]*side // by slot, for records with recSide
-	byUID []uint32         // slot+1, 0: empty
-	byID  []uint32
-	n     int
+	recs []wlRec          // by slot; id 0: a free slot
+	free []uint32         // free slots
+	v6   [][4]uint32      // IPv6 address words by slot (nil until one has it)
+	side map[uint32]*side // by slot, for records with recSide
+	// by slot, for records whose weight is weightWide
+	weights map[uint32]uint32
+	byUID   []uint32 // slot+1, 0: empty
+	byID    []uint32
+	n       int
 	// The address index (WorkloadByAddr): which workload owns each
 	// workload address, the last one installed with it (see claimAddr).
 	// An owner that holds the address in its v4 or v6 column is found
@@ -79,20 +83,23 @@ func (t *wlTable) prefix(r *wlRec) string {
 	return t.pfx.vals[r.pfx-1]
 }
 
-// wlRec is one workload (see wlState for the fields).
+// wlRec is one workload (see wlState for the fields), 32 bytes: what
+// does not fit its narrow fields, which few workloads need, is elsewhere
+// (a weight from 3 on in weights, names from 256 bytes on and a locality
+// index from locWide on in side; a uid prefix that would be index 0xffff
+// or more is not interned).
 type wlRec struct {
 	hash    [2]uint32 // wlState.hash (split: the record stays 4-byte aligned)
 	id      uint32    // 0: free slot
-	weight  uint32
-	v4      uint32 // ep.addr[FamV4][3]
-	str     uint32 // arena position of the uid after its prefix, name, namespace
-	uidLen  uint16 // in the arena (after the prefix)
-	nameLen uint16
-	nsLen   uint16
-	flags   uint16
-	loc     uint32 // locs index
-	svcs    uint32 // lists index + 1; 0: none
-	pfx     uint32 // prefixes index + 1; 0: none
+	v4      uint32    // ep.addr[FamV4][3]
+	str     uint32    // arena position of the uid after its prefix, name, namespace
+	svcs    uint32    // lists index + 1; 0: none
+	loc     uint16    // locs index; locWide: in side.loc
+	pfx     uint16    // prefixes index + 1; 0: none
+	uidLen  uint8     // in the arena (after the prefix)
+	nameLen uint8
+	nsLen   uint8
+	flags   uint8 // rec* bits; the weight in the top two (recWeight)
 }
 
 const (
@@ -100,8 +107,16 @@ const (
 	recHas4
 	recHas6
 	recLocal
-	recSide // side[slot] holds x, and the names or endpoint below
-	recLong // names in side.strs (uidLen, nameLen as in wlState)
+	recSide // side[slot] holds x, and the names, endpoint or locality below
+	recLong // names in side.strs (uidLen, nameLen as in wlState in side.lens)
+)
+
+const (
+	recWeight  = 6      // flags>>recWeight: the weight, or weightWide
+	weightWide = 3      // the weight is weights[slot]
+	locWide    = 0xffff // the locs index is side.loc
+	pfxLimit   = 0xffff // prefixes interned at most (index+1 fits pfx)
+	recNameMax = 0xff   // longer uid rests, names, namespaces: recLong
 )
 
 // side is what a record does not hold.
@@ -109,6 +124,8 @@ type side struct {
 	x    *wlRare
 	strs string    // recLong: wlState.strs
 	ep   *endpoint // the endpoint, when its address words are not canonical
+	loc  uint32    // r.loc == locWide: the locs index
+	lens [2]uint16 // recLong: wlState.uidLen, nameLen
 }
 
 var uidSeed = maphash.MakeSeed()
@@ -128,11 +145,11 @@ func (t *wlTable) len() int { return t.n }
 func (t *wlTable) uidParts(slot uint32) (string, string) {
 	r := &t.recs[slot]
 	if r.flags&recLong != 0 {
-		s := t.side[slot].strs
-		if r.uidLen == longNames {
-			return "", s
+		sd := t.side[slot]
+		if n := sd.lens[0]; n != longNames {
+			return "", sd.strs[:n]
 		}
-		return "", s[:r.uidLen]
+		return "", sd.strs
 	}
 	return t.prefix(r), t.names.str(r.str, int(r.uidLen))
 }
@@ -247,7 +264,14 @@ func (t *wlTable) loadID(id uint32, w *wlState, scratch *[]byte) bool {
 // strings are then valid until scratch is reused), else into a new string.
 func (t *wlTable) load(slot uint32, w *wlState, scratch *[]byte) {
 	r := &t.recs[slot]
-	*w = wlState{hash: uint64(r.hash[0]) | uint64(r.hash[1])<<32, id: r.id, weight: r.weight, loc: t.locs.vals[r.loc], uidLen: r.uidLen, nameLen: r.nameLen}
+	*w = wlState{hash: uint64(r.hash[0]) | uint64(r.hash[1])<<32, id: r.id, weight: uint32(r.flags >> recWeight),
+		uidLen: uint16(r.uidLen), nameLen: uint16(r.nameLen)}
+	if w.weight == weightWide {
+		w.weight = t.weights[slot]
+	}
+	if r.loc != locWide {
+		w.loc = t.locs.vals[r.loc]
+	}
 	if r.svcs != 0 {
 		w.svcs = t.lists.vals[r.svcs-1]
 	}
@@ -267,7 +291,10 @@ func (t *wlTable) load(slot uint32, w *wlState, scratch *[]byte) {
 			w.ep = *sd.ep
 		}
 		if r.flags&recLong != 0 {
-			w.strs = sd.strs
+			w.strs, w.uidLen, w.nameLen = sd.strs, sd.lens[0], sd.lens[1]
+		}
+		if r.loc == locWide {
+			w.loc = t.locs.vals[sd.loc]
 		}
 	}
 	if r.flags&recLong == 0 {
@@ -350,15 +377,28 @@ func (t *wlTable) put(w *wlState) {
 		slot = uint32(len(t.recs))
 		t.recs = append(t.recs, wlRec{})
 	}
-	r := wlRec{hash: [2]uint32{uint32(w.hash), uint32(w.hash >> 32)}, id: w.id, weight: w.weight, loc: t.locs.ref(w.loc),
-		uidLen: w.uidLen, nameLen: w.nameLen &^ healthyBit}
+	r := wlRec{hash: [2]uint32{uint32(w.hash), uint32(w.hash >> 32)}, id: w.id}
+	var sd side
+	if loc := t.locs.ref(w.loc); loc < locWide {
+		r.loc = uint16(loc)
+	} else {
+		r.loc, sd.loc = locWide, loc
+	}
+	if w.weight < weightWide {
+		r.flags |= uint8(w.weight) << recWeight
+	} else {
+		r.flags |= weightWide << recWeight
+		if t.weights == nil {
+			t.weights = map[uint32]uint32{}
+		}
+		t.weights[slot] = w.weight
+	}
 	if w.svcs != nil {
 		r.svcs = t.lists.ref(w.svcs) + 1
 	}
 	if w.healthy() {
 		r.flags |= recHealthy
 	}
-	var sd side
 	ep := &w.ep
 	canonical := true
 	if ep.has[bpf.FamV4] {
@@ -385,21 +425,33 @@ func (t *wlTable) put(w *wlState) {
 		sd.ep = &e
 	}
 	sd.x = w.x
-	if w.uidLen == longNames || len(w.strs) > arenaMax || !t.names.fits() {
+	uidLen, nameLen := int(w.uidLen), int(w.nameLen&^healthyBit)
+	nsLen := len(w.strs) - uidLen - nameLen
+	p := uidPrefix(w.uid())
+	if w.uidLen == longNames || nameLen > recNameMax || nsLen > recNameMax || uidLen-len(p) > recNameMax || !t.names.fits() {
 		r.flags |= recLong
-		sd.strs = w.strs
+		sd.strs, sd.lens = w.strs, [2]uint16{w.uidLen, w.nameLen &^ healthyBit}
 	} else {
-		r.nsLen = uint16(len(w.strs) - int(w.uidLen) - int(w.nameLen&^healthyBit))
 		s := w.strs
-		if p := uidPrefix(w.uid()); p != "" {
+		if p != "" {
 			if _, ok := t.pfx.idx[p]; !ok {
 				p = strings.Clone(p) // kept: not w's memory
 			}
-			r.pfx = t.pfx.ref(p) + 1
-			r.uidLen -= uint16(len(p))
-			s = s[len(p):]
+			if i := t.pfx.ref(p); i+1 < pfxLimit {
+				r.pfx = uint16(i + 1)
+				uidLen -= len(p)
+				s = s[len(p):]
+			} else {
+				t.pfx.unref(i) // too many prefixes: this uid is kept whole
+			}
 		}
-		r.str = t.names.add(s)
+		if uidLen > recNameMax { // whole, as its prefix is not interned
+			r.flags |= recLong
+			sd.strs, sd.lens = w.strs, [2]uint16{w.uidLen, w.nameLen &^ healthyBit}
+		} else {
+			r.uidLen, r.nameLen, r.nsLen = uint8(uidLen), uint8(nameLen), uint8(nsLen)
+			r.str = t.names.add(s)
+		}
 	}
 	if sd != (side{}) {
 		r.flags |= recSide
@@ -438,18 +490,27 @@ func (t *wlTable) delSlot(slot uint32) {
 			break
 		}
 	}
-	t.locs.unref(r.loc)
+	if r.loc != locWide {
+		t.locs.unref(uint32(r.loc))
+	} else {
+		t.locs.unref(t.side[slot].loc)
+	}
 	if r.svcs != 0 {
 		t.lists.unref(r.svcs - 1)
 	}
 	if r.pfx != 0 {
-		t.pfx.unref(r.pfx - 1)
+		t.pfx.unref(uint32(r.pfx) - 1)
 	}
 	if r.flags&recLong == 0 {
 		t.names.live -= int(r.uidLen) + int(r.nameLen) + int(r.nsLen)
 	}
 	if r.flags&recSide != 0 {
 		delete(t.side, slot)
+	}
+	if r.flags>>recWeight == weightWide {
+		if delete(t.weights, slot); len(t.weights) == 0 {
+			t.weights = nil
+		}
 	}
 	*r = wlRec{}
 	t.free = append(t.free, slot)
@@ -474,6 +535,7 @@ func (t *wlTable) compactRecs() {
 	recs := make([]wlRec, 0, t.n)
 	var v6 [][4]uint32
 	var sides map[uint32]*side
+	var weights map[uint32]uint32
 	renum := make([]uint32, len(t.recs)) // old slot -> new slot+1
 	for s := range t.recs {
 		r := t.recs[s]
@@ -495,8 +557,14 @@ func (t *wlTable) compactRecs() {
 			}
 			sides[ns] = t.side[uint32(s)]
 		}
+		if r.flags>>recWeight == weightWide {
+			if weights == nil {
+				weights = map[uint32]uint32{}
+			}
+			weights[ns] = t.weights[uint32(s)]
+		}
 	}
-	t.recs, t.free, t.v6, t.side = recs, nil, v6, sides
+	t.recs, t.free, t.v6, t.side, t.weights = recs, nil, v6, sides, weights
 	t.resize(tableSize(t.n))
 	// The address entries stay where they are (their addresses moved with
 	// their records); only their slots change.
@@ -581,10 +649,7 @@ type arena struct {
 	live   int // of which still used
 }
 
-const (
-	arenaChunk = 64 << 10
-	arenaMax   = 4 << 10 // longer names go to the side map
-)
+const arenaChunk = 64 << 10 // holds any record's names (3 x recNameMax)
 
 // fits reports whether another chunk can be addressed.
 func (a *arena) fits() bool { return len(a.chunks) < 1<<16-1 }

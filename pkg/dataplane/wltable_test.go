@@ -27,12 +27,18 @@ func randomState(rng *rand.Rand, uid string, id uint32, locs []*model.Locality, 
 	name, ns := fmt.Sprintf("n%d", rng.Intn(100)), ""
 	switch rng.Intn(20) {
 	case 0:
-		name = strings.Repeat("n", arenaMax) // too long for the arena
+		name = strings.Repeat("n", recNameMax+rng.Intn(2)) // fits a record, or just not
 	case 1, 2:
 		ns = "namespace"
+	case 3:
+		ns = strings.Repeat("s", recNameMax+rng.Intn(2))
+	case 4:
+		name = strings.Repeat("n", 5000+rng.Intn(3)) // side.strs
 	}
 	w := newWlState(uid, name, ns)
-	w.id, w.hash, w.weight = id, rng.Uint64(), uint32(rng.Intn(3))
+	w.id, w.hash = id, rng.Uint64()
+	// Weights the record holds (0-2) and others (weights).
+	w.weight = []uint32{0, 1, 1, 1, 2, weightWide, 100, 1<<32 - 1}[rng.Intn(8)]
 	w.setHealthy(rng.Intn(4) > 0)
 	w.loc = locs[rng.Intn(len(locs))]
 	if rng.Intn(5) > 0 {
@@ -173,12 +179,23 @@ func TestWlTable(t *testing.T) {
 	rng := rand.New(rand.NewSource(1))
 	var locs []*model.Locality
 	var lists []*[]membership
-	for i := 0; i < 5; i++ {
+	for i := 0; i < 8; i++ {
 		locs = append(locs, &model.Locality{Region: fmt.Sprint("r", i)})
 		ms := []membership{{key: fmt.Sprint("svc", i)}}
 		lists = append(lists, &ms)
 	}
 	var tab wlTable
+	// Fill the locality and prefix numberings up to just below what a
+	// record holds: the test's own are then numbered across the limit,
+	// some in the record, some not (side.loc, uids kept whole), and move
+	// across it as they are freed and reused.
+	const fill = 4
+	for i := 0; i < locWide-fill; i++ {
+		tab.locs.ref(&model.Locality{Region: fmt.Sprint("fill", i)})
+	}
+	for i := 0; i < pfxLimit-fill; i++ {
+		tab.pfx.ref(fmt.Sprintf("fill/%d/", i))
+	}
 	ref := map[string]*wlState{}
 	var refAddrs refAddrIndex
 	checkAddrs := func(where string, as []netip.Addr) {
@@ -224,8 +241,73 @@ func TestWlTable(t *testing.T) {
 				prefixes[p] = true
 			}
 		}
-		if len(tab.pfx.idx) > len(prefixes) {
-			t.Fatalf("%s: %d interned prefixes for %d in use", where, len(tab.pfx.idx), len(prefixes))
+		if len(tab.pfx.idx)-(pfxLimit-fill) > len(prefixes) {
+			t.Fatalf("%s: %d interned prefixes for %d in use", where, len(tab.pfx.idx)-(pfxLimit-fill), len(prefixes))
+		}
+		wide := map[string]int{}
+		for s := range tab.recs {
+			if r := &tab.recs[s]; r.id != 0 {
+				if r.loc == locWide {
+					wide["locality"]++
+				}
+				if r.flags>>recWeight == weightWide {
+					wide["weight"]++
+				}
+				if r.flags&recLong != 0 {
+					wide["names"]++
+				}
+				if p, _ := tab.uidParts(uint32(s)); p == "" && r.flags&recLong == 0 && uidPrefix(string(tab.appendUID(nil, uint32(s)))) != "" {
+					wide["prefix"]++
+				}
+			}
+		}
+		if len(ref) > 100 && len(wide) < 4 {
+			t.Fatalf("%s: %v: not every escape is exercised", where, wide)
+		}
+		// Nothing leaks: references counted as the records hold them, side
+		// maps as large as the records using them, every address entry
+		// that the Go-map index has.
+		pfxRefs, locRefs := map[uint32]uint32{}, map[uint32]uint32{}
+		nSide, nWeights := 0, 0
+		for s := range tab.recs {
+			r := &tab.recs[s]
+			if r.id == 0 {
+				continue
+			}
+			if r.pfx != 0 {
+				pfxRefs[uint32(r.pfx)-1]++
+			}
+			if r.loc != locWide {
+				locRefs[uint32(r.loc)]++
+			} else {
+				locRefs[tab.side[uint32(s)].loc]++
+			}
+			if r.flags&recSide != 0 {
+				nSide++
+			}
+			if r.flags>>recWeight == weightWide {
+				nWeights++
+			}
+		}
+		for i, v := range tab.pfx.vals {
+			if want := pfxRefs[uint32(i)] + uint32(strings.Count(v, "fill/")); tab.pfx.refs[i] != want {
+				t.Fatalf("%s: prefix %q has %d references, want %d", where, v, tab.pfx.refs[i], want)
+			}
+		}
+		for i, v := range tab.locs.vals {
+			want := locRefs[uint32(i)]
+			if v != nil && strings.HasPrefix(v.Region, "fill") {
+				want++
+			}
+			if tab.locs.refs[i] != want {
+				t.Fatalf("%s: locality %d has %d references, want %d", where, i, tab.locs.refs[i], want)
+			}
+		}
+		if len(tab.side) != nSide || len(tab.weights) != nWeights {
+			t.Fatalf("%s: %d side entries, %d weights for %d, %d records", where, len(tab.side), len(tab.weights), nSide, nWeights)
+		}
+		if n := len(refAddrs.v4) + len(refAddrs.v6); tab.naddr+len(tab.xaddr) != n {
+			t.Fatalf("%s: %d + %d addresses indexed, want %d", where, tab.naddr, len(tab.xaddr), n)
 		}
 		for uid, w := range ref {
 			a, b := tab.get(uid), tab.getID(w.id)
@@ -247,8 +329,11 @@ func TestWlTable(t *testing.T) {
 			case 1:
 				uid = fmt.Sprintf("short/%d", k) // a prefix too short to intern
 			}
-			if k%50 == 0 {
+			switch k % 50 {
+			case 0:
 				uid += strings.Repeat("u", longNames) // uid of 64 KiB and more
+			case 1, 2:
+				uid += strings.Repeat("v", 220+k/50%50) // around what a record holds, with or without the prefix
 			}
 			switch {
 			case rng.Intn(3) > 0: // insert or replace (same uid, same id)
@@ -369,11 +454,11 @@ func TestWlTableArenaCompaction(t *testing.T) {
 	}
 }
 
-// TestWlRecSize: a node may carry 100k workloads; a record is 44 bytes and
+// TestWlRecSize: a node may carry 100k workloads; a record is 32 bytes and
 // a plan's state stays in the 96-byte size class.
 func TestWlRecSize(t *testing.T) {
-	if n := unsafe.Sizeof(wlRec{}); n > 44 {
-		t.Fatalf("wlRec is %d bytes, over 44", n)
+	if n := unsafe.Sizeof(wlRec{}); n > 32 {
+		t.Fatalf("wlRec is %d bytes, over 32", n)
 	}
 	if n := unsafe.Sizeof(wlState{}); n > 96 {
 		t.Fatalf("wlState is %d bytes, over the 96-byte size class", n)
