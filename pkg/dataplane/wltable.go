@@ -434,7 +434,7 @@ func (t *wlTable) put(w *wlState) {
 	} else {
 		s := w.strs
 		if p != "" {
-			if _, ok := t.pfx.idx[p]; !ok {
+			if !t.pfx.has(p) {
 				p = strings.Clone(p) // kept: not w's memory
 			}
 			if i := t.pfx.ref(p); i+1 < pfxLimit {
@@ -677,21 +677,51 @@ func (a *arena) str(pos uint32, n int) string {
 }
 
 // refTab numbers shared read-only values (interned localities, membership
-// lists) for the records, with a reference count per value.
+// lists, uid prefixes) for the records, with a reference count per value.
+// Values are found through an open-addressing table of their numbers
+// (i+1) like the workload tables, not a Go map: a mesh has a membership
+// list per service and one per workload in several services.
 type refTab[T comparable] struct {
 	vals []T
 	refs []uint32
-	idx  map[T]uint32
+	idx  []uint32 // i+1 by the hash of vals[i]; 0: empty
+	n    int      // values in use
 	free []uint32
 }
 
+var refSeed = maphash.MakeSeed()
+
+func refHash[T comparable](v T) uint64 { return maphash.Comparable(refSeed, v) }
+
+// find is v's number.
+func (t *refTab[T]) find(v T) (uint32, bool) {
+	if t.n == 0 {
+		return 0, false
+	}
+	mask := uint64(len(t.idx) - 1)
+	for j := refHash(v) & mask; ; j = (j + 1) & mask {
+		e := t.idx[j]
+		if e == 0 {
+			return 0, false
+		}
+		if t.vals[e-1] == v {
+			return e - 1, true
+		}
+	}
+}
+
+func (t *refTab[T]) has(v T) bool {
+	_, ok := t.find(v)
+	return ok
+}
+
 func (t *refTab[T]) ref(v T) uint32 {
-	if i, ok := t.idx[v]; ok {
+	if i, ok := t.find(v); ok {
 		t.refs[i]++
 		return i
 	}
-	if t.idx == nil {
-		t.idx = map[T]uint32{}
+	if (t.n+1)*8 > len(t.idx)*7 {
+		t.rehash(max(16, 2*len(t.idx)))
 	}
 	var i uint32
 	if n := len(t.free); n > 0 {
@@ -701,16 +731,46 @@ func (t *refTab[T]) ref(v T) uint32 {
 		i = uint32(len(t.vals))
 		t.vals, t.refs = append(t.vals, v), append(t.refs, 1)
 	}
-	t.idx[v] = i
+	t.insert(i)
+	t.n++
 	return i
 }
 
 func (t *refTab[T]) unref(i uint32) {
-	if t.refs[i]--; t.refs[i] == 0 {
-		delete(t.idx, t.vals[i])
-		var zero T
-		t.vals[i] = zero
-		t.free = append(t.free, i)
+	if t.refs[i]--; t.refs[i] != 0 {
+		return
+	}
+	mask := uint64(len(t.idx) - 1)
+	for j := refHash(t.vals[i]) & mask; ; j = (j + 1) & mask {
+		if t.idx[j] == i+1 {
+			shiftOut(t.idx, j, func(e uint32) uint64 { return refHash(t.vals[e-1]) & mask })
+			break
+		}
+	}
+	var zero T
+	t.vals[i] = zero
+	t.free = append(t.free, i)
+	if t.n--; len(t.idx) > 64 && t.n*8 < len(t.idx) {
+		t.rehash(len(t.idx) / 2)
+	}
+}
+
+func (t *refTab[T]) insert(i uint32) {
+	mask := uint64(len(t.idx) - 1)
+	j := refHash(t.vals[i]) & mask
+	for t.idx[j] != 0 {
+		j = (j + 1) & mask
+	}
+	t.idx[j] = i + 1
+}
+
+func (t *refTab[T]) rehash(size int) {
+	old := t.idx
+	t.idx = make([]uint32, size)
+	for _, e := range old {
+		if e != 0 {
+			t.insert(e - 1)
+		}
 	}
 }
 

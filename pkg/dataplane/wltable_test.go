@@ -170,6 +170,24 @@ func addrsOf(w *wlState) []netip.Addr {
 	return as
 }
 
+// checkRefTab: every value in use is found under its own number, once.
+func checkRefTab[T comparable](t *testing.T, where string, r *refTab[T]) {
+	t.Helper()
+	n := 0
+	for i, v := range r.vals {
+		if r.refs[i] == 0 {
+			continue
+		}
+		n++
+		if j, ok := r.find(v); !ok || j != uint32(i) {
+			t.Fatalf("%s: value %d found as %d (%v)", where, i, j, ok)
+		}
+	}
+	if n != r.n || len(r.vals) != n+len(r.free) || len(r.idx) > 64 && n*8 < len(r.idx) {
+		t.Fatalf("%s: %d values in use, counted %d, %d numbered, %d free, table of %d", where, n, r.n, len(r.vals), len(r.free), len(r.idx))
+	}
+}
+
 // TestWlTable checks the columnar workload table against a Go map of
 // states under random inserts, replacements and deletes (growing, shrinking,
 // arena and slot compaction): every field comes back by uid, by id and from
@@ -241,8 +259,8 @@ func TestWlTable(t *testing.T) {
 				prefixes[p] = true
 			}
 		}
-		if len(tab.pfx.idx)-(pfxLimit-fill) > len(prefixes) {
-			t.Fatalf("%s: %d interned prefixes for %d in use", where, len(tab.pfx.idx)-(pfxLimit-fill), len(prefixes))
+		if tab.pfx.n-(pfxLimit-fill) > len(prefixes) {
+			t.Fatalf("%s: %d interned prefixes for %d in use", where, tab.pfx.n-(pfxLimit-fill), len(prefixes))
 		}
 		wide := map[string]int{}
 		for s := range tab.recs {
@@ -303,6 +321,9 @@ func TestWlTable(t *testing.T) {
 				t.Fatalf("%s: locality %d has %d references, want %d", where, i, tab.locs.refs[i], want)
 			}
 		}
+		checkRefTab(t, where+": localities", &tab.locs)
+		checkRefTab(t, where+": lists", &tab.lists)
+		checkRefTab(t, where+": prefixes", &tab.pfx)
 		if len(tab.side) != nSide || len(tab.weights) != nWeights {
 			t.Fatalf("%s: %d side entries, %d weights for %d, %d records", where, len(tab.side), len(tab.weights), nSide, nWeights)
 		}
