@@ -18,7 +18,9 @@ import (
 // slice indexed by slot; its uid, name and namespace are bytes in an
 // append-only arena of 64 KiB chunks (compacted when more than half of it is
 // dead), except the uid's prefix up to its last '/', which the workloads of a
-// namespace share and which is interned (uidPrefix); interned localities
+// namespace share and which is interned (uidPrefix), and the name and
+// namespace when they are the uid's last segments, as Istio's uids have
+// them (fromUID); interned localities
 // and membership lists are referenced by index (refTab); IPv6 addresses sit
 // in a column of their own, allocated only once a workload has one; what
 // few workloads have (wlRare, names from 256 bytes on, an endpoint whose
@@ -97,9 +99,9 @@ type wlRec struct {
 	loc     uint16    // locs index; locWide: in side.loc
 	pfx     uint16    // prefixes index + 1; 0: none
 	uidLen  uint8     // in the arena (after the prefix)
-	nameLen uint8
-	nsLen   uint8
-	flags   uint8 // rec* bits; the weight in the top two (recWeight)
+	nameLen uint8     // fromUID: the uid's last segment, not in the arena
+	nsLen   uint8     // fromUID: the uid's segment before its last
+	flags   uint8     // rec* bits; the weight in the top two (recWeight)
 }
 
 const (
@@ -116,8 +118,34 @@ const (
 	weightWide = 3      // the weight is weights[slot]
 	locWide    = 0xffff // the locs index is side.loc
 	pfxLimit   = 0xffff // prefixes interned at most (index+1 fits pfx)
-	recNameMax = 0xff   // longer uid rests, names, namespaces: recLong
+	recNameMax = 0xfe   // longer uid rests, names, namespaces: recLong
+	fromUID    = 0xff   // nameLen, nsLen: the name or namespace is part of the uid
 )
+
+// uidName and uidNamespace are the segments of a uid that name a workload
+// and its namespace when the uid follows Istio's cluster/group/Kind/ns/name
+// (the table then keeps them only once, see fromUID).
+func uidName(uid string) string { return uid[strings.LastIndexByte(uid, '/')+1:] }
+
+func uidNamespace(uid string) string {
+	i := strings.LastIndexByte(uid, '/')
+	if i < 0 {
+		return ""
+	}
+	return uid[strings.LastIndexByte(uid[:i], '/')+1 : i]
+}
+
+// arenaLen is how many bytes of the arena r's names take.
+func (r *wlRec) arenaLen() int {
+	n := int(r.uidLen)
+	if r.nameLen != fromUID {
+		n += int(r.nameLen)
+	}
+	if r.nsLen != fromUID {
+		n += int(r.nsLen)
+	}
+	return n
+}
 
 // side is what a record does not hold.
 type side struct {
@@ -297,7 +325,9 @@ func (t *wlTable) load(slot uint32, w *wlState, scratch *[]byte) {
 			w.loc = t.locs.vals[sd.loc]
 		}
 	}
-	if r.flags&recLong == 0 {
+	if r.flags&recLong == 0 && (r.nameLen == fromUID || r.nsLen == fromUID) {
+		t.joinNames(r, w, scratch)
+	} else if r.flags&recLong == 0 {
 		w.strs = t.names.str(r.str, int(r.uidLen)+int(r.nameLen)+int(r.nsLen))
 		if p := t.prefix(r); p != "" {
 			w.uidLen += uint16(len(p))
@@ -310,6 +340,32 @@ func (t *wlTable) load(slot uint32, w *wlState, scratch *[]byte) {
 		}
 	}
 	w.setHealthy(r.flags&recHealthy != 0)
+}
+
+// joinNames builds w's names for a record that keeps its name or namespace
+// as part of its uid (into scratch, as load).
+func (t *wlTable) joinNames(r *wlRec, w *wlState, scratch *[]byte) {
+	raw := t.names.str(r.str, r.arenaLen())
+	var b []byte
+	if scratch != nil {
+		b = (*scratch)[:0]
+	}
+	b = append(append(b, t.prefix(r)...), raw[:r.uidLen]...)
+	raw = raw[r.uidLen:]
+	uid := unsafe.String(unsafe.SliceData(b), len(b)) // b's bytes so far: not written again
+	name := uidName(uid)
+	if r.nameLen != fromUID {
+		name, raw = raw[:r.nameLen], raw[r.nameLen:]
+	}
+	ns := raw
+	if r.nsLen == fromUID {
+		ns = uidNamespace(uid)
+	}
+	b = append(append(b, name...), ns...)
+	if scratch != nil {
+		*scratch = b
+	}
+	w.strs, w.uidLen, w.nameLen = unsafe.String(unsafe.SliceData(b), len(b)), uint16(len(uid)), uint16(len(name))
 }
 
 // reserve sizes the tables for n workloads.
@@ -428,7 +484,13 @@ func (t *wlTable) put(w *wlState) {
 	uidLen, nameLen := int(w.uidLen), int(w.nameLen&^healthyBit)
 	nsLen := len(w.strs) - uidLen - nameLen
 	p := uidPrefix(w.uid())
-	if w.uidLen == longNames || nameLen > recNameMax || nsLen > recNameMax || uidLen-len(p) > recNameMax || !t.names.fits() {
+	var nameDer, nsDer bool // the uid says them (fromUID)
+	if w.uidLen != longNames {
+		uid := w.uid()
+		nameDer = nameLen > 0 && w.name() == uidName(uid)
+		nsDer = nsLen > 0 && w.namespace() == uidNamespace(uid)
+	}
+	if w.uidLen == longNames || !nameDer && nameLen > recNameMax || !nsDer && nsLen > recNameMax || uidLen-len(p) > recNameMax || !t.names.fits() {
 		r.flags |= recLong
 		sd.strs, sd.lens = w.strs, [2]uint16{w.uidLen, w.nameLen &^ healthyBit}
 	} else {
@@ -450,7 +512,18 @@ func (t *wlTable) put(w *wlState) {
 			sd.strs, sd.lens = w.strs, [2]uint16{w.uidLen, w.nameLen &^ healthyBit}
 		} else {
 			r.uidLen, r.nameLen, r.nsLen = uint8(uidLen), uint8(nameLen), uint8(nsLen)
-			r.str = t.names.add(s)
+			if nameDer || nsDer {
+				rest, name, ns := s[:uidLen], s[uidLen:uidLen+nameLen], s[uidLen+nameLen:]
+				if nameDer {
+					r.nameLen, name = fromUID, ""
+				}
+				if nsDer {
+					r.nsLen, ns = fromUID, ""
+				}
+				r.str = t.names.add(rest, name, ns)
+			} else {
+				r.str = t.names.add(s)
+			}
 		}
 	}
 	if sd != (side{}) {
@@ -502,7 +575,7 @@ func (t *wlTable) delSlot(slot uint32) {
 		t.pfx.unref(uint32(r.pfx) - 1)
 	}
 	if r.flags&recLong == 0 {
-		t.names.live -= int(r.uidLen) + int(r.nameLen) + int(r.nsLen)
+		t.names.live -= r.arenaLen()
 	}
 	if r.flags&recSide != 0 {
 		delete(t.side, slot)
@@ -637,7 +710,7 @@ func (t *wlTable) compactNames() {
 		if r.id == 0 || r.flags&recLong != 0 {
 			continue
 		}
-		r.str = b.add(a.str(r.str, int(r.uidLen)+int(r.nameLen)+int(r.nsLen)))
+		r.str = b.add(a.str(r.str, r.arenaLen()))
 	}
 	t.names = b
 }
@@ -654,18 +727,25 @@ const arenaChunk = 64 << 10 // holds any record's names (3 x recNameMax)
 // fits reports whether another chunk can be addressed.
 func (a *arena) fits() bool { return len(a.chunks) < 1<<16-1 }
 
-func (a *arena) add(s string) uint32 {
-	if len(s) == 0 {
+// add stores the concatenation of parts.
+func (a *arena) add(parts ...string) uint32 {
+	size := 0
+	for _, s := range parts {
+		size += len(s)
+	}
+	if size == 0 {
 		return 0
 	}
-	if n := len(a.chunks); n == 0 || cap(a.chunks[n-1])-len(a.chunks[n-1]) < len(s) {
+	if n := len(a.chunks); n == 0 || cap(a.chunks[n-1])-len(a.chunks[n-1]) < size {
 		a.chunks = append(a.chunks, make([]byte, 0, arenaChunk))
 	}
 	c := len(a.chunks) - 1
 	pos := uint32(c)<<16 | uint32(len(a.chunks[c]))
-	a.chunks[c] = append(a.chunks[c], s...)
-	a.size += len(s)
-	a.live += len(s)
+	for _, s := range parts {
+		a.chunks[c] = append(a.chunks[c], s...)
+	}
+	a.size += size
+	a.live += size
 	return pos
 }
 

@@ -34,6 +34,12 @@ func randomState(rng *rand.Rand, uid string, id uint32, locs []*model.Locality, 
 		ns = strings.Repeat("s", recNameMax+rng.Intn(2))
 	case 4:
 		name = strings.Repeat("n", 5000+rng.Intn(3)) // side.strs
+	case 5, 6, 7, 8:
+		name, ns = uidName(uid), uidNamespace(uid) // kept once (fromUID)
+	case 9:
+		name = uidName(uid)
+	case 10:
+		ns, name = uidNamespace(uid), ""
 	}
 	w := newWlState(uid, name, ns)
 	w.id, w.hash = id, rng.Uint64()
@@ -274,19 +280,28 @@ func TestWlTable(t *testing.T) {
 				if r.flags&recLong != 0 {
 					wide["names"]++
 				}
+				if r.nameLen == fromUID && r.nsLen != fromUID {
+					wide["name from uid"]++
+				}
+				if r.nsLen == fromUID && r.nameLen != fromUID {
+					wide["namespace from uid"]++
+				}
+				if r.nsLen == fromUID && r.nameLen == fromUID {
+					wide["both from uid"]++
+				}
 				if p, _ := tab.uidParts(uint32(s)); p == "" && r.flags&recLong == 0 && uidPrefix(string(tab.appendUID(nil, uint32(s)))) != "" {
 					wide["prefix"]++
 				}
 			}
 		}
-		if len(ref) > 100 && len(wide) < 4 {
+		if len(ref) > 100 && len(wide) < 7 {
 			t.Fatalf("%s: %v: not every escape is exercised", where, wide)
 		}
 		// Nothing leaks: references counted as the records hold them, side
 		// maps as large as the records using them, every address entry
 		// that the Go-map index has.
 		pfxRefs, locRefs := map[uint32]uint32{}, map[uint32]uint32{}
-		nSide, nWeights := 0, 0
+		nSide, nWeights, live := 0, 0, 0
 		for s := range tab.recs {
 			r := &tab.recs[s]
 			if r.id == 0 {
@@ -302,6 +317,9 @@ func TestWlTable(t *testing.T) {
 			}
 			if r.flags&recSide != 0 {
 				nSide++
+			}
+			if r.flags&recLong == 0 {
+				live += r.arenaLen()
 			}
 			if r.flags>>recWeight == weightWide {
 				nWeights++
@@ -324,6 +342,9 @@ func TestWlTable(t *testing.T) {
 		checkRefTab(t, where+": localities", &tab.locs)
 		checkRefTab(t, where+": lists", &tab.lists)
 		checkRefTab(t, where+": prefixes", &tab.pfx)
+		if tab.names.live != live {
+			t.Fatalf("%s: arena counts %d bytes live, the records hold %d", where, tab.names.live, live)
+		}
 		if len(tab.side) != nSide || len(tab.weights) != nWeights {
 			t.Fatalf("%s: %d side entries, %d weights for %d, %d records", where, len(tab.side), len(tab.weights), nSide, nWeights)
 		}
@@ -459,13 +480,38 @@ func TestWlTableAddrShrink(t *testing.T) {
 func TestWlTableArenaCompaction(t *testing.T) {
 	var tab wlTable
 	loc := &model.Locality{}
+	// Names of their own, and names and namespaces the uid says (fromUID).
+	names := func(i int) (string, string, string) {
+		uid := fmt.Sprintf("cluster/apps/Pod/ns/pod-%d", i)
+		switch i % 3 {
+		case 0:
+			return uid, fmt.Sprintf("pod-%d", i), "ns"
+		case 1:
+			return uid, "name", "namespace"
+		}
+		return uid, "x", "ns"
+	}
+	compactions := 0
 	for i := 0; i < 200000; i++ {
-		w := newWlState(fmt.Sprintf("cluster/apps/Pod/ns/pod-%d", i), "name", "namespace")
+		w := newWlState(names(i))
 		w.id, w.loc = uint32(i%1000+1), loc
 		if i >= 1000 {
 			tab.del(tab.getID(w.id))
 		}
-		tab.put(w)
+		size := tab.names.size
+		if tab.put(w); tab.names.size >= size {
+			continue
+		}
+		compactions++
+		for j := max(0, i-999); j <= i; j++ { // every workload, moved
+			uid, name, ns := names(j)
+			if w := tab.get(uid); w == nil || w.uid() != uid || w.name() != name || w.namespace() != ns {
+				t.Fatalf("workload %d not as installed after compaction", j)
+			}
+		}
+	}
+	if compactions == 0 {
+		t.Fatal("the arena was never compacted")
 	}
 	if tab.len() != 1000 || tab.names.size > 2*tab.names.live+arenaChunk+1<<20 {
 		t.Fatalf("%d workloads, arena %d bytes for %d live", tab.len(), tab.names.size, tab.names.live)
