@@ -118,6 +118,7 @@ func (d *Dataplane) adopt() error {
 			// digest 0: content unknown, so the next update rewrites it.
 			d.svcs[ps.Service.Key] = s
 		}
+		d.wls.reserve(len(st.Workloads)) // sized once, as for a first full push
 		for _, w := range st.Workloads {
 			if w.id == 0 || w.uid() == "" || d.wls.getID(w.id) != nil || d.wls.get(w.uid()) != nil {
 				continue

@@ -48,6 +48,11 @@ func TestLargePush(t *testing.T) {
 	if gc := debug.SetGCPercent(100); gc != 100 {
 		t.Fatalf("GOGC is %d after a large push, want it restored to 100", gc)
 	}
+	// The workload records are one slice sized for the push, also after a
+	// restart (not grown by appends, which leave up to a quarter unused).
+	if c := cap(dp.wls.recs); c != len(snap.Workloads) {
+		t.Fatalf("%d workload records allocated for %d", c, len(snap.Workloads))
+	}
 	want := dp.Snapshot()
 	if len(want.Workloads) != len(snap.Workloads) || len(want.Services) != len(snap.Services) {
 		t.Fatalf("snapshot has %d workloads, %d services", len(want.Workloads), len(want.Services))
@@ -78,6 +83,9 @@ func TestLargePush(t *testing.T) {
 	}
 	if got := dp.Snapshot(); !reflect.DeepEqual(got, want) {
 		t.Fatal("the model read back from the state file differs from the one applied")
+	}
+	if c := cap(dp.wls.recs); c != len(snap.Workloads) {
+		t.Fatalf("%d workload records allocated for %d after the restart", c, len(snap.Workloads))
 	}
 	u := dp.Usage()
 	if err := dp.Apply(context.Background(), snap); err != nil {
