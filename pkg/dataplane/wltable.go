@@ -23,7 +23,7 @@ import (
 // them (fromUID); interned localities
 // and membership lists are referenced by index (refTab); IPv6 addresses sit
 // in a column of their own, allocated only once a workload has one; what
-// few workloads have (wlRare, names from 256 bytes on, an endpoint whose
+// few workloads have (wlRare, names from 255 bytes on, an endpoint whose
 // address words are not the canonical ones, a locality numbered from
 // locWide on) sits in a side map keyed by slot, a weight from 3 on in
 // another. uid, id and address find the slot through open-addressing
@@ -87,7 +87,7 @@ func (t *wlTable) prefix(r *wlRec) string {
 
 // wlRec is one workload (see wlState for the fields), 32 bytes: what
 // does not fit its narrow fields, which few workloads need, is elsewhere
-// (a weight from 3 on in weights, names from 256 bytes on and a locality
+// (a weight from 3 on in weights, names from 255 bytes on and a locality
 // index from locWide on in side; a uid prefix that would be index 0xffff
 // or more is not interned).
 type wlRec struct {
