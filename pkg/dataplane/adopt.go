@@ -93,7 +93,7 @@ func (d *Dataplane) adopt() error {
 
 	// Service ids in use stay reserved until a key claims them.
 	for id := range active {
-		d.svcIDs.reserved[id] = true
+		d.svcs.reserved[id] = true
 	}
 	st, err := readState(d.opts.StateDir)
 	if err != nil {
@@ -107,18 +107,27 @@ func (d *Dataplane) adopt() error {
 			if ps.Service == nil || ps.ID == 0 || ps.ID >= bpf.MaxServices {
 				continue
 			}
-			d.svcIDs.set(ps.Service.Key, ps.ID)
+			key := ps.Service.Key
+			_, dupKey := d.svcs.lookup(key)
+			if _, dupID := d.svcs.idKey(ps.ID); dupKey || dupID {
+				// A file this daemon wrote names each key and id once.
+				d.log.Warn("ignoring a service of the dataplane state that repeats a key or an id", "service", key, "id", ps.ID)
+				continue
+			}
+			d.svcs.setID(key, ps.ID)
 			for _, k := range frontendKeys(ps.Service) {
 				want[k] = ps.ID
 			}
-			s := &svcState{id: ps.ID, enc: encodeService(ps.Service), gen: active[ps.ID]}
-			if s.gen != 0 {
+			slot, _ := d.svcs.slotOf(key)
+			d.svcs.setSvc(slot, encodeService(ps.Service))
+			s := d.svcs.rec(slot)
+			if s.gen = active[ps.ID]; s.gen != 0 {
 				s.slots = uint32(countSlots(recs[bpf.SvcKey{SvcId: ps.ID, Gen: s.gen}].Count))
 			}
 			// digest 0: content unknown, so the next update rewrites it.
-			d.svcs[ps.Service.Key] = s
 		}
 		d.wls.reserve(len(st.Workloads)) // sized once, as for a first full push
+		members := map[uint32][]uint32{} // by service table slot
 		for _, w := range st.Workloads {
 			if w.id == 0 || w.uid() == "" || d.wls.getID(w.id) != nil || d.wls.get(w.uid()) != nil {
 				continue
@@ -135,14 +144,18 @@ func (d *Dataplane) adopt() error {
 				d.cgLevels[w.enrolment().level]++
 			}
 			d.installWorkload(w)
-			d.addMemberships(w)
+			d.addMemberships(w, members)
+		}
+		for s, ids := range members {
+			d.svcs.setMembers(s, ids)
 		}
 	}
 	d.feStale = !stdmaps.Equal(want, d.frontends)
 	if err := d.adoptWaypoints(); err != nil {
 		return fmt.Errorf("adopting %s: %w", bpf.MapWaypoint, err)
 	}
-	d.log.Info("adopted pinned dataplane", "services", len(d.svcs), "workloads", d.wls.len(),
+	d.svcs.compact()
+	d.log.Info("adopted pinned dataplane", "services", d.svcs.nSvc, "workloads", d.wls.len(),
 		"active_generations", len(active), "frontends", len(d.frontends))
 	return nil
 }
@@ -151,12 +164,11 @@ func (d *Dataplane) adopt() error {
 // under ids no key owns and enrolments no workload owns. Called after a full
 // Apply, when the dataplane holds exactly the snapshot.
 func (d *Dataplane) sweepUnowned() error {
-	for id := range d.svcIDs.reserved {
-		s := &svcState{id: id}
-		if err := d.retireActive(s, 0); err != nil {
+	for id := range d.svcs.reserved {
+		if err := d.retireActive(id, 0, 0, 0); err != nil {
 			return err
 		}
-		delete(d.svcIDs.reserved, id)
+		delete(d.svcs.reserved, id)
 	}
 	owned := map[uint64]bool{}
 	ownedNs := map[uint64]bool{}

@@ -136,7 +136,7 @@ func TestWorkloadModelRoundTrip(t *testing.T) {
 		Services: map[string][]model.WorkloadPort{"a": nil, "b": {}}}
 	mapped := model.Workload{UID: "u2", Addresses: []netip.Addr{netip.MustParseAddr("::ffff:10.0.0.8")}}
 	v6first := model.Workload{UID: "u3", Addresses: []netip.Addr{netip.MustParseAddr("fd00::9"), netip.MustParseAddr("10.0.0.9")}}
-	d := &Dataplane{keys: map[string]*keyInfo{},
+	d := &Dataplane{
 		locs: map[model.Locality]*model.Locality{}, enrolCg: map[uint64]uint32{}, enrolNs: map[uint64]uint32{}}
 	p := &plan{wlUpByID: map[uint32]*wlState{}}
 	var scratch sink
@@ -185,7 +185,7 @@ func TestServiceKeptEncoded(t *testing.T) {
 		if got, want := decodeService(enc), copyService(s); !reflect.DeepEqual(got, want) {
 			t.Fatalf("kept service:\n got %+v\nwant %+v", got, want)
 		}
-		if (&svcState{enc: enc}).localityMode() != s.LB.Locality {
+		if localityMode(enc) != s.LB.Locality {
 			t.Fatal("locality mode")
 		}
 	}

@@ -64,30 +64,30 @@ func (d *Dataplane) commit(p *plan) error {
 
 	// 3. services.
 	for key := range p.svcDel {
-		s := d.svcs[key]
-		if s.gen != 0 {
-			if err := d.retireActive(s, 0); err != nil {
+		slot, _ := d.svcs.svcSlot(key)
+		if s := d.svcs.rec(slot); s.gen != 0 {
+			if err := d.retireActive(s.id, s.gen, s.slots, 0); err != nil {
 				return err
 			}
+			s.gen = 0
 		}
-		delete(d.svcs, key)
-		d.svcIDs.release(key)
+		d.svcs.release(key)
+		d.svcs.dropSvc(slot)
 	}
 	var changed []genWrite
 	for key, r := range p.renders {
-		s := d.svcs[key]
-		if s == nil {
-			id, _ := d.svcIDs.lookup(key)
-			s = &svcState{id: id}
+		// Every rendered service is installed or upserted, with an id.
+		slot, ok := d.svcs.slotOf(key)
+		if !ok || d.svcs.rec(slot).id == 0 {
+			return fmt.Errorf("service %q has no id", key)
 		}
 		if up := p.svcUp[key]; up != nil {
-			s.enc = encodeService(up)
+			d.svcs.setSvc(slot, encodeService(up))
 		}
-		d.svcs[key] = s
-		if s.gen != 0 && s.digest == r.digest {
+		if s := d.svcs.rec(slot); s.gen != 0 && s.getDigest() == r.digest {
 			continue
 		}
-		changed = append(changed, genWrite{s, r})
+		changed = append(changed, genWrite{slot, r})
 	}
 	if err := d.writeGenerations(changed); err != nil {
 		return err
@@ -153,8 +153,8 @@ func (d *Dataplane) commit(p *plan) error {
 }
 
 type genWrite struct {
-	s *svcState
-	r rendered
+	slot uint32 // in d.svcs
+	r    rendered
 }
 
 // writeGenerations writes new generations of many services with a few batch
@@ -169,7 +169,7 @@ func (d *Dataplane) writeGenerations(ws []genWrite) error {
 	ps, pg := d.gc.pending()
 	if len(ws) < 2 || d.live.slots+ps+total > capSlots || d.live.gens+pg+len(ws) > capSvcGens {
 		for _, w := range ws {
-			if err := d.writeGeneration(w.s, w.r); err != nil {
+			if err := d.writeGeneration(w.slot, w.r); err != nil {
 				return err
 			}
 		}
@@ -182,9 +182,10 @@ func (d *Dataplane) writeGenerations(ws []genWrite) error {
 	recs := make([]bpf.SvcRec, 0, len(ws))
 	gens := make([]uint32, len(ws))
 	for i, w := range ws {
-		gens[i] = d.nextGen(w.s.id)
-		keys, vals = appendSlots(keys, vals, w.s.id, gens[i], &w.r)
-		recKeys = append(recKeys, bpf.SvcKey{SvcId: w.s.id, Gen: gens[i]})
+		id := d.svcs.rec(w.slot).id
+		gens[i] = d.nextGen(id)
+		keys, vals = appendSlots(keys, vals, id, gens[i], &w.r)
+		recKeys = append(recKeys, bpf.SvcKey{SvcId: id, Gen: gens[i]})
 		recs = append(recs, w.r.rec)
 	}
 	if err := putBatch(maps[bpf.MapEndpoint], keys, vals); err != nil {
@@ -196,10 +197,12 @@ func (d *Dataplane) writeGenerations(ws []genWrite) error {
 	d.live.slots += total
 	d.live.gens += len(ws)
 	for i, w := range ws {
-		if err := d.retireActive(w.s, gens[i]); err != nil {
+		s := d.svcs.rec(w.slot)
+		if err := d.retireActive(s.id, s.gen, s.slots, gens[i]); err != nil {
 			return err
 		}
-		w.s.gen, w.s.slots, w.s.digest = gens[i], uint32(countSlots(w.r.rec.Count)), w.r.digest
+		s.gen, s.slots = gens[i], uint32(countSlots(w.r.rec.Count))
+		s.setDigest(w.r.digest)
 	}
 	return nil
 }
@@ -216,34 +219,40 @@ func appendSlots(keys []bpf.SlotKey, vals []bpf.Slot, svc, gen uint32, r *render
 	return keys, vals
 }
 
-// writeGeneration writes r as a new generation of s and makes it active.
-func (d *Dataplane) writeGeneration(s *svcState, r rendered) error {
+// writeGeneration writes r as a new generation of the service in slot and
+// makes it active.
+func (d *Dataplane) writeGeneration(slot uint32, r rendered) error {
 	maps := d.obj.Maps
 	if err := d.reserve(r.total); err != nil {
 		return err
 	}
-	gen := d.nextGen(s.id)
-	keys, vals := appendSlots(make([]bpf.SlotKey, 0, r.total), make([]bpf.Slot, 0, r.total), s.id, gen, &r)
+	id := d.svcs.rec(slot).id
+	gen := d.nextGen(id)
+	keys, vals := appendSlots(make([]bpf.SlotKey, 0, r.total), make([]bpf.Slot, 0, r.total), id, gen, &r)
 	if err := putBatch(maps[bpf.MapEndpoint], keys, vals); err != nil {
-		return fmt.Errorf("writing %s for service id %d: %w", bpf.MapEndpoint, s.id, err)
+		return fmt.Errorf("writing %s for service id %d: %w", bpf.MapEndpoint, id, err)
 	}
 	rec := r.rec
-	if err := maps[bpf.MapSvcGen].Put(bpf.SvcKey{SvcId: s.id, Gen: gen}, &rec); err != nil {
-		return fmt.Errorf("writing %s for service id %d: %w", bpf.MapSvcGen, s.id, err)
+	if err := maps[bpf.MapSvcGen].Put(bpf.SvcKey{SvcId: id, Gen: gen}, &rec); err != nil {
+		return fmt.Errorf("writing %s for service id %d: %w", bpf.MapSvcGen, id, err)
 	}
 	d.live.slots += r.total
 	d.live.gens++
-	if err := d.retireActive(s, gen); err != nil {
+	s := d.svcs.rec(slot)
+	if err := d.retireActive(id, s.gen, s.slots, gen); err != nil {
 		return err
 	}
-	s.gen, s.slots, s.digest = gen, uint32(countSlots(r.rec.Count)), r.digest
+	s.gen, s.slots = gen, uint32(countSlots(r.rec.Count))
+	s.setDigest(r.digest)
 	return nil
 }
 
-// retireActive flips s to gen (0 = no generation: connects pass through) and
-// hands the generation it replaced to the collector.
-func (d *Dataplane) retireActive(s *svcState, gen uint32) error {
-	old, err := d.obj.Flip(s.id, gen)
+// retireActive flips service id to gen (0 = no generation: connects pass
+// through) and hands the generation it replaced to the collector. active and
+// slots are the generation the dataplane has as active and its slot total
+// (0: none known, e.g. an adopted id no key owns).
+func (d *Dataplane) retireActive(id, active, slots, gen uint32) error {
+	old, err := d.obj.Flip(id, gen)
 	if err != nil {
 		return err
 	}
@@ -253,19 +262,16 @@ func (d *Dataplane) retireActive(s *svcState, gen uint32) error {
 		// that cannot be read (only an adopted, foreign generation) counts
 		// as empty: the collector tolerates missing keys.
 		var cnt [bpf.Families][bpf.MaxTiers]uint32
-		if rec, ok := d.readRec(s.id, old); ok {
+		if rec, ok := d.readRec(id, old); ok {
 			cnt = rec.Count
 		}
 		n := countSlots(cnt)
-		if old == s.gen {
-			n = int(s.slots)
+		if old == active {
+			n = int(slots)
 		}
-		d.gc.retireGen(retiredGen{svc: s.id, gen: old, count: cnt})
+		d.gc.retireGen(retiredGen{svc: id, gen: old, count: cnt})
 		d.live.slots -= n
 		d.live.gens--
-	}
-	if gen == 0 {
-		s.gen = 0
 	}
 	return nil
 }

@@ -61,12 +61,12 @@ type Dataplane struct {
 
 	cgroupMount string
 	node        model.Node
-	svcIDs      *idSpace
-	svcs        map[string]*svcState
-	wls         wlTable             // by uid and by id
-	keys        map[string]*keyInfo // service keys named by workloads: members, interned membership (workloads.go)
-	locs        map[model.Locality]*model.Locality
-	frontends   map[bpf.FrontendKey]uint32 // what km_frontend holds
+	// svcs: per service key its id, installed service and, for keys that
+	// workloads name, members and interned membership (svctable.go).
+	svcs      svcTable
+	wls       wlTable // by uid and by id
+	locs      map[model.Locality]*model.Locality
+	frontends map[bpf.FrontendKey]uint32 // what km_frontend holds
 	// feStale: frontends may differ from the union of the services'
 	// frontends (adopted from pinned maps, or a commit failed part way);
 	// planFrontends then re-derives them from every service.
@@ -87,26 +87,20 @@ type Dataplane struct {
 
 type counts struct{ slots, gens int }
 
-type svcState struct {
-	id     uint32
-	enc    string // the service as given, in the state file's encoding (model())
-	gen    uint32
-	slots  uint32 // slots of the active generation (its per-tier counts are in its km_svc_gen record)
-	digest uint64
-	// The service's frontends are not kept here (frontendKeys(model())):
-	// km_frontend's mirror, Dataplane.frontends, says which id owns each.
-}
-
 var _ API = (*Dataplane)(nil)
 
-// model decodes the service as it was given. A service is kept encoded
-// (~50 bytes for a service with one VIP and two ports) instead of as a
-// copied model.Service (~290 bytes with its slices): a node may carry 10k
-// services, and each reader gets its own copy.
-func (s *svcState) model() *model.Service { return decodeService(s.enc) }
+// A service is kept as its state-file encoding (svcTable.enc: ~50 bytes
+// for a service with one VIP and two ports) instead of as a copied
+// model.Service (~290 bytes with its slices): a node may carry 10k
+// services, and each reader decodes its own copy (svcModel). Its frontends
+// are not kept with it (frontendKeys(model)): km_frontend's mirror,
+// Dataplane.frontends, says which id owns each.
 
-// localityMode is the service's LB.Locality (without decoding the rest).
-func (s *svcState) localityMode() model.LocalityMode { return s.model().LB.Locality }
+// svcModel decodes the installed service of slot.
+func (d *Dataplane) svcModel(slot uint32) *model.Service { return decodeService(d.svcs.enc(slot)) }
+
+// localityMode is the LB.Locality of an encoded service.
+func localityMode(enc string) model.LocalityMode { return decodeService(enc).LB.Locality }
 
 // Open loads (or adopts) the pinned BPF dataplane and the persisted state.
 func Open(opts Options) (*Dataplane, error) {
@@ -132,10 +126,8 @@ func Open(opts Options) (*Dataplane, error) {
 	}
 	d := &Dataplane{
 		obj: obj, log: opts.Logger, opts: opts, cgroupMount: mount,
-		svcIDs: newIDSpace(bpf.MaxServices),
-		svcs:   map[string]*svcState{},
-		keys:   map[string]*keyInfo{}, locs: map[model.Locality]*model.Locality{},
-		frontends: map[bpf.FrontendKey]uint32{}, genSeq: map[uint32]uint32{},
+		svcs: newSvcTable(bpf.MaxServices),
+		locs: map[model.Locality]*model.Locality{}, frontends: map[bpf.FrontendKey]uint32{}, genSeq: map[uint32]uint32{},
 		enrolCg: map[uint64]uint32{}, enrolNs: map[uint64]uint32{}, cgLevels: map[int]int{},
 	}
 	d.gc = newCollector(obj, d.log)
@@ -189,7 +181,8 @@ func (d *Dataplane) ProgramStats() ([]bpf.ProgramStats, error) { return d.obj.Pr
 func (d *Dataplane) ServiceKey(id uint32) (string, bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return d.svcIDs.key(id)
+	k, ok := d.svcs.idKey(id)
+	return strings.Clone(k), ok // the table's points into its arena
 }
 
 func (d *Dataplane) WorkloadUID(id uint32) (string, bool) {
@@ -211,7 +204,7 @@ func (d *Dataplane) Usage() Usage {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	ps, pg := d.gc.pending()
-	return Usage{Services: len(d.svcs), Workloads: d.wls.len(), Frontends: len(d.frontends),
+	return Usage{Services: d.svcs.nSvc, Workloads: d.wls.len(), Frontends: len(d.frontends),
 		Slots: d.live.slots, Generations: d.live.gens, PendingSlots: ps, PendingGenerations: pg}
 }
 
@@ -317,6 +310,9 @@ func (d *Dataplane) run(ctx context.Context, ch change) error {
 			debug.SetGCPercent(old) // off or already higher: leave it
 		}
 	}
+	// Slots of the service table stay valid while a change is planned and
+	// committed; renumbering them waits until it is done.
+	defer d.svcs.compact()
 	p, err := d.plan(ch)
 	if err != nil {
 		return err
@@ -372,7 +368,7 @@ func (d *Dataplane) plan(ch change) (p *plan, err error) {
 	defer func() {
 		if err != nil {
 			for _, k := range assigned.newSvcIDs {
-				d.svcIDs.release(k)
+				d.svcs.release(k)
 			}
 		}
 	}()
@@ -381,9 +377,12 @@ func (d *Dataplane) plan(ch change) (p *plan, err error) {
 	}
 
 	// Classify services.
+	if n := len(ch.svcs); n > 64 && d.svcs.n < n/2 {
+		d.svcs.reserve(n) // a large push of mostly new services
+	}
 	for key, svc := range ch.svcs {
 		if svc == nil {
-			if _, ok := d.svcs[key]; ok {
+			if _, ok := d.svcs.svcSlot(key); ok {
 				p.svcDel[key] = true
 			}
 			continue
@@ -391,12 +390,13 @@ func (d *Dataplane) plan(ch change) (p *plan, err error) {
 		if err := validateService(svc); err != nil {
 			return nil, err
 		}
-		if cur, ok := d.svcs[key]; ok && cur.enc == encodeService(svc) && !p.nodeChange {
+		slot, cur := d.svcs.svcSlot(key)
+		if cur && d.svcs.enc(slot) == encodeService(svc) && !p.nodeChange {
 			continue
 		}
 		p.svcUp[key] = copyService(svc)
-		if _, ok := d.svcs[key]; !ok {
-			if _, isNew, ok := d.svcIDs.assign(key); !ok {
+		if !cur {
+			if _, isNew, ok := d.svcs.assign(key); !ok {
 				return nil, &CapacityError{Map: bpf.MapSvcActive, Limit: bpf.MaxServices - 1, What: svcObject(key)}
 			} else if isNew {
 				p.newSvcIDs = append(p.newSvcIDs, key)
@@ -404,7 +404,8 @@ func (d *Dataplane) plan(ch change) (p *plan, err error) {
 		}
 	}
 	if ch.full {
-		for key := range d.svcs {
+		for s := range d.svcs.services() {
+			key := d.svcs.key(s)
 			if _, ok := ch.svcs[key]; !ok {
 				p.svcDel[key] = true
 			}
@@ -467,9 +468,9 @@ func (d *Dataplane) plan(ch change) (p *plan, err error) {
 		}
 	}
 	if p.nodeChange {
-		for key, s := range d.svcs {
-			if s.localityMode() != model.LocalityNone {
-				touched[key] = true
+		for s := range d.svcs.services() {
+			if localityMode(d.svcs.enc(s)) != model.LocalityNone {
+				touched[d.svcs.key(s)] = true
 			}
 		}
 	}
@@ -504,11 +505,11 @@ func (d *Dataplane) plan(ch change) (p *plan, err error) {
 		}
 		svc := p.svcUp[key]
 		if svc == nil {
-			cur, ok := d.svcs[key]
+			cur, ok := d.svcs.svcSlot(key)
 			if !ok {
 				continue // a workload names a service not (yet) known
 			}
-			svc = cur.model()
+			svc = d.svcModel(cur)
 		}
 		jobs = append(jobs, job{key: key, svc: svc})
 	}
@@ -603,12 +604,12 @@ func (d *Dataplane) planFrontends(p *plan) error {
 	}
 	next := make(map[bpf.FrontendKey]uint32, len(d.frontends))
 	if d.feStale {
-		for key, s := range d.svcs {
-			if p.svcDel[key] || p.svcUp[key] != nil {
+		for s := range d.svcs.services() {
+			if key := d.svcs.key(s); p.svcDel[key] || p.svcUp[key] != nil {
 				continue
 			}
-			for _, k := range frontendKeys(s.model()) {
-				next[k] = s.id
+			for _, k := range frontendKeys(d.svcModel(s)) {
+				next[k] = d.svcs.rec(s).id
 			}
 		}
 	} else {
@@ -616,11 +617,12 @@ func (d *Dataplane) planFrontends(p *plan) error {
 		// km_frontend holds less those of services deleted or updated.
 		skip := make(map[uint32]bool, len(p.svcDel)+len(p.svcUp))
 		for key := range p.svcDel {
-			skip[d.svcs[key].id] = true
+			slot, _ := d.svcs.svcSlot(key)
+			skip[d.svcs.rec(slot).id] = true
 		}
 		for key := range p.svcUp {
-			if s := d.svcs[key]; s != nil {
-				skip[s.id] = true
+			if slot, ok := d.svcs.svcSlot(key); ok {
+				skip[d.svcs.rec(slot).id] = true
 			}
 		}
 		for k, id := range d.frontends {
@@ -636,10 +638,10 @@ func (d *Dataplane) planFrontends(p *plan) error {
 	sort.Strings(keys)
 	for _, key := range keys {
 		svc := p.svcUp[key]
-		id, _ := d.svcIDs.lookup(key)
+		id, _ := d.svcs.lookup(key)
 		for _, k := range frontendKeys(svc) {
 			if o, ok := next[k]; ok && o != id {
-				owner, _ := d.svcIDs.key(o)
+				owner, _ := d.svcs.idKey(o)
 				return &InvalidError{Object: svcObject(key), Reason: fmt.Sprintf("%s is already used by service %q",
 					netip.AddrPortFrom(addrFrom16(k.Addr), ntohs(k.Port)), owner)}
 			}
@@ -649,12 +651,13 @@ func (d *Dataplane) planFrontends(p *plan) error {
 	if len(next) > capFrontends {
 		var fe []delta
 		for key := range p.svcDel {
-			fe = append(fe, delta{key: key, n: -len(frontendKeys(d.svcs[key].model()))})
+			slot, _ := d.svcs.svcSlot(key)
+			fe = append(fe, delta{key: key, n: -len(frontendKeys(d.svcModel(slot)))})
 		}
 		for key, svc := range p.svcUp {
 			n := len(frontendKeys(svc))
-			if cur := d.svcs[key]; cur != nil {
-				n -= len(frontendKeys(cur.model()))
+			if cur, ok := d.svcs.svcSlot(key); ok {
+				n -= len(frontendKeys(d.svcModel(cur)))
 			}
 			fe = append(fe, delta{key: key, n: n})
 		}
@@ -731,15 +734,16 @@ func firstOver(base, limit int, deltas []delta) string {
 func (d *Dataplane) checkCapacity(p *plan) error {
 	var slots, gens []delta
 	for key := range p.svcDel {
-		if s := d.svcs[key]; s != nil && s.gen != 0 {
-			slots = append(slots, delta{key: key, n: -int(s.slots)})
+		if slot, ok := d.svcs.svcSlot(key); ok && d.svcs.rec(slot).gen != 0 {
+			slots = append(slots, delta{key: key, n: -int(d.svcs.rec(slot).slots)})
 			gens = append(gens, delta{key: key, n: -1})
 		}
 	}
 	for key, r := range p.renders {
 		n, g := r.total, 1
-		if s := d.svcs[key]; s != nil && s.gen != 0 {
-			if s.digest == r.digest {
+		if slot, ok := d.svcs.svcSlot(key); ok && d.svcs.rec(slot).gen != 0 {
+			s := d.svcs.rec(slot)
+			if s.getDigest() == r.digest {
 				continue
 			}
 			n -= int(s.slots)
@@ -812,8 +816,9 @@ func countSlots(c [bpf.Families][bpf.MaxTiers]uint32) int {
 func (d *Dataplane) ServiceID(key string) (uint32, bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if _, ok := d.svcs[key]; !ok {
+	slot, ok := d.svcs.svcSlot(key)
+	if !ok {
 		return 0, false
 	}
-	return d.svcIDs.lookup(key)
+	return d.svcs.rec(slot).id, true
 }

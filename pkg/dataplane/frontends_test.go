@@ -50,7 +50,7 @@ func TestFrontendsFollowServices(t *testing.T) {
 	want := func() map[bpf.FrontendKey]uint32 {
 		m := map[bpf.FrontendKey]uint32{}
 		for _, s := range dp.Snapshot().Services {
-			id, _ := dp.svcIDs.lookup(s.Key)
+			id, _ := dp.svcs.lookup(s.Key)
 			for _, k := range frontendKeys(&s) {
 				m[k] = id
 			}

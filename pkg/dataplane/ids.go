@@ -1,65 +1,63 @@
 package dataplane
 
-import "hash/fnv"
+// Service ids: stable numeric ids for service keys, kept in the service
+// table (svcTable.id, and the id → slot index). An id is derived from the
+// key (FNV-1a, linear probing on collision, as Kmesh does), so the same key
+// gets the same id on every node and every restart unless it collided; the
+// assignments are persisted in the state file so collisions resolve the
+// same way after a restart too. Ids in [1, limit); 0 means none. Ids found
+// in pinned maps but not (yet) owned by a key are reserved (adopt).
 
-// idSpace hands out stable numeric ids for string keys (service keys,
-// workload uids). An id is derived from the key (FNV-1a, linear probing on
-// collision, as Kmesh does), so the same key gets the same id on every node
-// and every restart unless it collided; the assignments are persisted in the
-// state directory so collisions resolve the same way after a restart too.
-// Ids in [1, limit); 0 means none.
-type idSpace struct {
-	limit    uint32
-	byKey    map[string]uint32
-	byID     map[uint32]string
-	reserved map[uint32]bool // ids found in pinned maps but not (yet) owned by a key
+// lookup is key's id.
+func (t *svcTable) lookup(key string) (uint32, bool) {
+	s, ok := t.slotOf(key)
+	if !ok || t.recs[s].id == 0 {
+		return 0, false
+	}
+	return t.recs[s].id, true
 }
 
-func newIDSpace(limit uint32) *idSpace {
-	return &idSpace{limit: limit, byKey: map[string]uint32{}, byID: map[uint32]string{}, reserved: map[uint32]bool{}}
-}
-
-func (s *idSpace) lookup(key string) (uint32, bool) {
-	id, ok := s.byKey[key]
-	return id, ok
-}
-
-func (s *idSpace) key(id uint32) (string, bool) {
-	k, ok := s.byID[id]
-	return k, ok
+// idKey is the key owning id (pointing into the arena).
+func (t *svcTable) idKey(id uint32) (string, bool) {
+	s, ok := t.slotOfID(id)
+	if !ok {
+		return "", false
+	}
+	return t.key(s), true
 }
 
 // assign returns key's id, allocating one if needed; ok is false when the
 // space is full.
-func (s *idSpace) assign(key string) (id uint32, isNew, ok bool) {
-	if id, ok := s.byKey[key]; ok {
+func (t *svcTable) assign(key string) (id uint32, isNew, ok bool) {
+	if id, ok := t.lookup(key); ok {
 		return id, false, true
 	}
-	h := fnv.New32a()
-	h.Write([]byte(key))
-	n := s.limit - 1
-	start := h.Sum32() % n
+	n := t.limit - 1
+	start := fnv32a(key) % n
 	for i := uint32(0); i < n; i++ {
 		id := (start+i)%n + 1
-		if _, used := s.byID[id]; used || s.reserved[id] {
+		if _, used := t.slotOfID(id); used || t.reserved[id] {
 			continue
 		}
-		s.set(key, id)
+		t.setID(key, id)
 		return id, true, true
 	}
 	return 0, false, false
 }
 
-// set records an assignment (from persisted state).
-func (s *idSpace) set(key string, id uint32) {
-	s.byKey[key] = id
-	s.byID[id] = key
-	delete(s.reserved, id)
+// setID records an assignment (from persisted state); id must be free and
+// key without one.
+func (t *svcTable) setID(key string, id uint32) {
+	s := t.ensure(key)
+	t.recs[s].id = id
+	t.insertID(s)
+	delete(t.reserved, id)
 }
 
-func (s *idSpace) release(key string) {
-	if id, ok := s.byKey[key]; ok {
-		delete(s.byKey, key)
-		delete(s.byID, id)
+// release drops key's id.
+func (t *svcTable) release(key string) {
+	if s, ok := t.slotOf(key); ok && t.recs[s].id != 0 {
+		t.removeID(s)
+		t.removeIfUnused(s)
 	}
 }

@@ -83,7 +83,7 @@ func testRecords(t *testing.T, accel bool) {
 			server = append(server, ev)
 		}
 	}
-	svcID, _ := e.dp.svcIDs.lookup("default/acc")
+	svcID, _ := e.dp.svcs.lookup("default/acc")
 	clID := e.dp.wls.get("uid-client").id
 	beID := e.dp.wls.get("uid-acc").id
 

@@ -15,7 +15,7 @@ func TestReopenKeepsState(t *testing.T) {
 	e := newEnv(t)
 	e.apply(e.snapshot(model.LoadBalancing{Algorithm: model.LBRoundRobin}))
 	before := e.dp.Usage()
-	id, _ := e.dp.svcIDs.lookup(svcKey)
+	id, _ := e.dp.svcs.lookup(svcKey)
 	if err := e.dp.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -23,7 +23,7 @@ func TestReopenKeepsState(t *testing.T) {
 	if e.dp.Objects().Adoption.Fresh() {
 		t.Fatal("reopen did not adopt the pinned state")
 	}
-	if got, _ := e.dp.svcIDs.lookup(svcKey); got != id {
+	if got, _ := e.dp.svcs.lookup(svcKey); got != id {
 		t.Fatalf("service id %d after reopen, was %d", got, id)
 	}
 	if u := e.dp.Usage(); u.Services != before.Services || u.Workloads != before.Workloads || u.Frontends != before.Frontends || u.Slots != before.Slots {

@@ -37,17 +37,16 @@ type persisted struct {
 type persistedSvc struct {
 	ID      uint32
 	Service *model.Service // read from a file
-	enc     string         // to write: the service's encoding (svcState.enc)
+	enc     string         // to write: the service's encoding (svcTable.enc, valid under the dataplane's lock)
 }
 
 // snapshotState is the state to write, called under d.mu and encoded before
 // it is released: the workloads are read from the table itself.
 func (d *Dataplane) snapshotState() *persisted {
 	p := &persisted{Format: stateFormat, Node: d.node, wls: &d.wls}
-	for key, s := range d.svcs {
-		if id, ok := d.svcIDs.lookup(key); ok {
-			p.Services = append(p.Services, persistedSvc{ID: id, enc: s.enc})
-		}
+	p.Services = make([]persistedSvc, 0, d.svcs.nSvc)
+	for s := range d.svcs.services() {
+		p.Services = append(p.Services, persistedSvc{ID: d.svcs.rec(s).id, enc: d.svcs.enc(s)})
 	}
 	return p
 }

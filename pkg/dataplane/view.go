@@ -60,12 +60,8 @@ func (d *Dataplane) WorkloadByAddr(a netip.Addr) (WorkloadName, bool) {
 func (d *Dataplane) ServiceByID(id uint32) (model.Service, bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	key, ok := d.svcIDs.key(id)
-	if !ok {
-		return model.Service{}, false
-	}
-	if s := d.svcs[key]; s != nil {
-		return *s.model(), true
+	if s, ok := d.svcs.slotOfID(id); ok && d.svcs.hasSvc(s) {
+		return *d.svcModel(s), true
 	}
 	return model.Service{}, false
 }
@@ -87,9 +83,9 @@ func (d *Dataplane) ServiceByAddr(a netip.AddrPort) (model.Service, bool) {
 func (d *Dataplane) Snapshot() *model.Snapshot {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	s := &model.Snapshot{Node: d.node, Services: make([]model.Service, 0, len(d.svcs)), Workloads: make([]model.Workload, 0, d.wls.len())}
-	for _, sv := range d.svcs {
-		s.Services = append(s.Services, *sv.model())
+	s := &model.Snapshot{Node: d.node, Services: make([]model.Service, 0, d.svcs.nSvc), Workloads: make([]model.Workload, 0, d.wls.len())}
+	for sv := range d.svcs.services() {
+		s.Services = append(s.Services, *d.svcModel(sv))
 	}
 	for w := range d.wls.all() {
 		s.Workloads = append(s.Workloads, w.model())

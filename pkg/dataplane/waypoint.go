@@ -71,8 +71,8 @@ func (d *Dataplane) plannedService(p *plan, key string) *model.Service {
 	if s := p.svcUp[key]; s != nil {
 		return s
 	}
-	if s := d.svcs[key]; s != nil {
-		return s.model()
+	if s, ok := d.svcs.svcSlot(key); ok {
+		return d.svcModel(s)
 	}
 	return nil
 }
@@ -212,7 +212,7 @@ func (d *Dataplane) planWaypoints(p *plan) error {
 		if !found {
 			return bpf.WaypointVal{Action: bpf.WpRefuse}, fmt.Sprintf("%s: waypoint service %q has no port %d", obj, ref.Service, ref.Port)
 		}
-		id, _ := d.svcIDs.lookup(ref.Service)
+		id, _ := d.svcs.lookup(ref.Service)
 		return bpf.WaypointVal{WpSvc: id, WpPort: htons(ref.Port), Action: bpf.WpRedirect}, ""
 	}
 	serverFirst := func(ref *model.WaypointRef) bpf.WaypointVal {
@@ -227,7 +227,7 @@ func (d *Dataplane) planWaypoints(p *plan) error {
 		if s == nil || s.Waypoint == nil {
 			continue
 		}
-		id, ok := d.svcIDs.lookup(key)
+		id, ok := d.svcs.lookup(key)
 		if !ok {
 			continue
 		}
@@ -419,9 +419,9 @@ func (d *Dataplane) adoptWaypoints() error {
 	if err := it.Err(); err != nil {
 		return err
 	}
-	for key, s := range d.svcs {
-		if s.model().Waypoint != nil {
-			d.wp.svcs[key] = true
+	for s := range d.svcs.services() {
+		if d.svcModel(s).Waypoint != nil {
+			d.wp.svcs[strings.Clone(d.svcs.key(s))] = true // kept in d.wp
 		}
 	}
 	for w := range d.wls.all() {

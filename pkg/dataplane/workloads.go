@@ -310,34 +310,18 @@ func fnv32a(s string) uint32 {
 // sink is scratch space for hashWorkload.
 type sink struct{ b []byte }
 
-// interning: service keys of memberships and localities are shared.
-func (d *Dataplane) internKey(k string) string { return d.key(k).one[0].key }
-
-// keyInfo is what the dataplane keeps per service key that workloads name
-// (one 96-byte object and one map entry per key, where two maps and two
-// allocations for the interned list used to be).
-type keyInfo struct {
-	members []uint32      // ids of the workloads naming the key (replaced whole, see setMembers)
-	one     [1]membership // {key, no overrides}
-	list    []membership  // one[:]: see internMembership
-}
-
-// key is k's keyInfo, created (with k copied) when new.
-func (d *Dataplane) key(k string) *keyInfo {
-	if ki, ok := d.keys[k]; ok {
-		return ki
-	}
-	ki := &keyInfo{}
-	ki.one[0].key = strings.Clone(k)
-	ki.list = ki.one[:]
-	d.keys[ki.one[0].key] = ki
-	return ki
+// interning: service keys of memberships and localities are shared. What
+// the dataplane keeps per service key that workloads name (member ids, the
+// interned key and membership list) is in the service table (svctable.go).
+func (d *Dataplane) internKey(k string) string {
+	_, l := d.svcs.keyList(k)
+	return l.one[0].key
 }
 
 // members are the ids of the workloads naming key (read only).
 func (d *Dataplane) members(key string) []uint32 {
-	if ki := d.keys[key]; ki != nil {
-		return ki.members
+	if s, ok := d.svcs.slotOf(key); ok {
+		return d.svcs.members(s)
 	}
 	return nil
 }
@@ -346,7 +330,10 @@ func (d *Dataplane) members(key string) []uint32 {
 // shared (read only) by every workload that backs just service k, which is
 // most of them: a 100k-workload mesh keeps one list per service, not one
 // per workload.
-func (d *Dataplane) internMembership(k string) *[]membership { return &d.key(k).list }
+func (d *Dataplane) internMembership(k string) *[]membership {
+	_, l := d.svcs.keyList(k)
+	return &l.list
+}
 
 // internLoc's parameter must not escape: a heap copy per call would be 100k
 // dead 96-byte objects per full push, interleaved with the workload states
@@ -506,11 +493,12 @@ func (d *Dataplane) removeWorkload(cur *wlState) {
 	d.wls.del(cur)
 }
 
-// addMemberships records st in the member lists of its services.
-func (d *Dataplane) addMemberships(st *wlState) {
+// addMemberships records st in the member lists of its services, collected
+// in acc by service table slot (adopt installs them with setMembers).
+func (d *Dataplane) addMemberships(st *wlState, acc map[uint32][]uint32) {
 	for _, m := range st.members() {
-		ki := d.key(m.key)
-		ki.members = append(ki.members, st.id)
+		s, _ := d.svcs.keyList(m.key)
+		acc[s] = append(acc[s], st.id)
 	}
 }
 
@@ -519,13 +507,14 @@ func (d *Dataplane) addMemberships(st *wlState) {
 func (d *Dataplane) setMembers(p *plan) {
 	for key, ids := range p.members {
 		if len(ids) > 0 {
-			d.key(key).members = ids
+			s, _ := d.svcs.keyList(key)
+			d.svcs.setMembers(s, ids)
 			continue
 		}
-		if ki := d.keys[key]; ki != nil {
-			ki.members = nil
-			if _, svc := d.svcs[key]; !svc {
-				delete(d.keys, key)
+		if s, ok := d.svcs.slotOf(key); ok && d.svcs.lists[s] != nil {
+			d.svcs.setMembers(s, nil)
+			if !d.svcs.hasSvc(s) {
+				d.svcs.dropKeyList(s)
 			}
 		}
 	}
