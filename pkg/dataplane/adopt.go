@@ -3,7 +3,6 @@ package dataplane
 import (
 	"errors"
 	"fmt"
-	stdmaps "maps"
 
 	"github.com/cilium/ebpf"
 
@@ -63,7 +62,7 @@ func (d *Dataplane) adopt() error {
 	var fv bpf.FrontendVal
 	it = maps[bpf.MapFrontend].Iterate()
 	for it.Next(&fk, &fv) {
-		d.frontends[fk] = fv.SvcId
+		d.frontends.set(fk, fv.SvcId)
 	}
 	if err := it.Err(); err != nil {
 		return err
@@ -100,7 +99,7 @@ func (d *Dataplane) adopt() error {
 		d.log.Warn("ignoring unreadable dataplane state; ids are re-derived and the next full sync rewrites everything", "err", err)
 		st = nil
 	}
-	want := map[bpf.FrontendKey]uint32{} // the services' frontends, to compare with km_frontend's
+	var want feTable // the services' frontends, to compare with km_frontend's
 	if st != nil {
 		d.node = st.Node
 		for _, ps := range st.Services {
@@ -116,7 +115,7 @@ func (d *Dataplane) adopt() error {
 			}
 			d.svcs.setID(key, ps.ID)
 			for _, k := range frontendKeys(ps.Service) {
-				want[k] = ps.ID
+				want.set(k, ps.ID)
 			}
 			slot, _ := d.svcs.slotOf(key)
 			d.svcs.setSvc(slot, encodeService(ps.Service))
@@ -150,14 +149,28 @@ func (d *Dataplane) adopt() error {
 			d.svcs.setMembers(s, ids)
 		}
 	}
-	d.feStale = !stdmaps.Equal(want, d.frontends)
+	d.feStale = !sameFrontends(&want, &d.frontends)
 	if err := d.adoptWaypoints(); err != nil {
 		return fmt.Errorf("adopting %s: %w", bpf.MapWaypoint, err)
 	}
 	d.svcs.compact()
 	d.log.Info("adopted pinned dataplane", "services", d.svcs.nSvc, "workloads", d.wls.len(),
-		"active_generations", len(active), "frontends", len(d.frontends))
+		"active_generations", len(active), "frontends", d.frontends.len())
 	return nil
+}
+
+// sameFrontends reports whether a and b hold the same frontends, with the
+// same ids.
+func sameFrontends(a, b *feTable) bool {
+	if a.len() != b.len() {
+		return false
+	}
+	for k, id := range a.all() {
+		if o, ok := b.get(k); !ok || o != id {
+			return false
+		}
+	}
+	return true
 }
 
 // sweepUnowned removes what a full sync did not claim: services still active

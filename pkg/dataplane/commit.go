@@ -59,7 +59,7 @@ func (d *Dataplane) commit(p *plan) error {
 		return fmt.Errorf("deleting frontends: %w", err)
 	}
 	for _, k := range p.feDel {
-		delete(d.frontends, k)
+		d.frontends.del(k)
 	}
 
 	// 3. services.
@@ -97,17 +97,20 @@ func (d *Dataplane) commit(p *plan) error {
 	if len(p.feAdd) > 0 {
 		vals := make([]bpf.FrontendVal, len(p.feAdd))
 		for i, k := range p.feAdd {
-			vals[i] = bpf.FrontendVal{SvcId: p.fe[k], Addr: k.Addr, Port: k.Port}
+			vals[i] = bpf.FrontendVal{SvcId: p.feAddID[i], Addr: k.Addr, Port: k.Port}
 		}
 		if err := putBatch(maps[bpf.MapFrontend], p.feAdd, vals); err != nil {
 			return fmt.Errorf("writing frontends: %w", err)
 		}
+		if d.frontends.len() == 0 {
+			d.frontends.reserve(len(p.feAdd))
+		}
 		for i, k := range p.feAdd {
-			d.frontends[k] = vals[i].SvcId
+			d.frontends.set(k, vals[i].SvcId)
 		}
 	}
-	if p.fe != nil {
-		d.feStale = false // frontends is p.fe now
+	if p.fePlanned {
+		d.feStale = false // frontends is the services' frontends now
 	}
 
 	// 5. workload bookkeeping; superseded enrolments.

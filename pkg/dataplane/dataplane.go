@@ -66,7 +66,7 @@ type Dataplane struct {
 	svcs      svcTable
 	wls       wlTable // by uid and by id
 	locs      map[model.Locality]*model.Locality
-	frontends map[bpf.FrontendKey]uint32 // what km_frontend holds
+	frontends feTable // what km_frontend holds
 	// feStale: frontends may differ from the union of the services'
 	// frontends (adopted from pinned maps, or a commit failed part way);
 	// planFrontends then re-derives them from every service.
@@ -127,7 +127,7 @@ func Open(opts Options) (*Dataplane, error) {
 	d := &Dataplane{
 		obj: obj, log: opts.Logger, opts: opts, cgroupMount: mount,
 		svcs: newSvcTable(bpf.MaxServices),
-		locs: map[model.Locality]*model.Locality{}, frontends: map[bpf.FrontendKey]uint32{}, genSeq: map[uint32]uint32{},
+		locs: map[model.Locality]*model.Locality{}, genSeq: map[uint32]uint32{},
 		enrolCg: map[uint64]uint32{}, enrolNs: map[uint64]uint32{}, cgLevels: map[int]int{},
 	}
 	d.gc = newCollector(obj, d.log)
@@ -204,7 +204,7 @@ func (d *Dataplane) Usage() Usage {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	ps, pg := d.gc.pending()
-	return Usage{Services: d.svcs.nSvc, Workloads: d.wls.len(), Frontends: len(d.frontends),
+	return Usage{Services: d.svcs.nSvc, Workloads: d.wls.len(), Frontends: d.frontends.len(),
 		Slots: d.live.slots, Generations: d.live.gens, PendingSlots: ps, PendingGenerations: pg}
 }
 
@@ -344,12 +344,16 @@ type plan struct {
 	special []string
 
 	renders map[string]rendered // services to (re)write
-	fe      map[bpf.FrontendKey]uint32
-	feAdd   []bpf.FrontendKey
-	feDel   []bpf.FrontendKey
-	members map[string][]uint32 // membership of touched services in the new view (ids)
-	alloc   *stateAlloc         // new workload states of a large push (nil: one by one)
-	wp      *wpPlan             // waypoint changes (nil: none)
+	// Frontends to write (with their service ids) and to delete; with
+	// fePlanned, km_frontend is exactly the services' frontends once they
+	// are done.
+	feAdd     []bpf.FrontendKey
+	feAddID   []uint32
+	feDel     []bpf.FrontendKey
+	fePlanned bool
+	members   map[string][]uint32 // membership of touched services in the new view (ids)
+	alloc     *stateAlloc         // new workload states of a large push (nil: one by one)
+	wp        *wpPlan             // waypoint changes (nil: none)
 }
 
 func (d *Dataplane) plan(ch change) (p *plan, err error) {
@@ -598,57 +602,86 @@ func parallel(n int, work func(lo, hi int)) {
 }
 
 // planFrontends computes km_frontend's next content and the difference.
+// The frontends of the services the plan leaves alone are what km_frontend
+// holds (its mirror) less those of the services it deletes or updates,
+// unless the mirror is stale (feStale): then they are re-derived from every
+// service.
 func (d *Dataplane) planFrontends(p *plan) error {
 	if len(p.svcUp) == 0 && len(p.svcDel) == 0 {
 		return nil
 	}
-	next := make(map[bpf.FrontendKey]uint32, len(d.frontends))
-	if d.feStale {
-		for s := range d.svcs.services() {
-			if key := d.svcs.key(s); p.svcDel[key] || p.svcUp[key] != nil {
-				continue
-			}
-			for _, k := range frontendKeys(d.svcModel(s)) {
-				next[k] = d.svcs.rec(s).id
-			}
-		}
-	} else {
-		// The frontends of the services this plan leaves alone: what
-		// km_frontend holds less those of services deleted or updated.
-		skip := make(map[uint32]bool, len(p.svcDel)+len(p.svcUp))
-		for key := range p.svcDel {
-			slot, _ := d.svcs.svcSlot(key)
+	// The ids whose frontends the plan replaces.
+	skip := make(map[uint32]bool, len(p.svcDel)+len(p.svcUp))
+	for key := range p.svcDel {
+		slot, _ := d.svcs.svcSlot(key)
+		skip[d.svcs.rec(slot).id] = true
+	}
+	for key := range p.svcUp {
+		if slot, ok := d.svcs.svcSlot(key); ok {
 			skip[d.svcs.rec(slot).id] = true
 		}
-		for key := range p.svcUp {
-			if slot, ok := d.svcs.svcSlot(key); ok {
-				skip[d.svcs.rec(slot).id] = true
-			}
-		}
-		for k, id := range d.frontends {
-			if !skip[id] {
-				next[k] = id
-			}
-		}
 	}
+	// kept is the owner of a frontend among the services left alone.
+	kept := func(k bpf.FrontendKey) (uint32, bool) {
+		id, ok := d.frontends.get(k)
+		return id, ok && !skip[id]
+	}
+	var stale feTable // feStale: the frontends of the services left alone
+	if d.feStale {
+		for s := range d.svcs.services() {
+			if id := d.svcs.rec(s).id; !skip[id] {
+				for _, k := range frontendKeys(d.svcModel(s)) {
+					stale.set(k, id)
+				}
+			}
+		}
+		kept = stale.get
+	}
+	// The upserted services' frontends, in key order (the first of two
+	// services claiming one is accepted, the second rejected).
 	keys := make([]string, 0, len(p.svcUp))
 	for key := range p.svcUp {
 		keys = append(keys, key)
 	}
 	sort.Strings(keys)
+	var up feTable
+	if len(keys) > 64 {
+		up.reserve(2 * len(keys))
+	}
 	for _, key := range keys {
 		svc := p.svcUp[key]
 		id, _ := d.svcs.lookup(key)
 		for _, k := range frontendKeys(svc) {
-			if o, ok := next[k]; ok && o != id {
+			o, ok := up.get(k)
+			if !ok {
+				o, ok = kept(k)
+			}
+			if ok && o != id {
 				owner, _ := d.svcs.idKey(o)
 				return &InvalidError{Object: svcObject(key), Reason: fmt.Sprintf("%s is already used by service %q",
 					netip.AddrPortFrom(addrFrom16(k.Addr), ntohs(k.Port)), owner)}
 			}
-			next[k] = id
+			up.set(k, id)
 		}
 	}
-	if len(next) > capFrontends {
+	// Next: the frontends kept, and those of the upserted services.
+	total := up.len()
+	if d.feStale {
+		for k := range stale.all() {
+			if _, ok := up.get(k); !ok {
+				total++
+			}
+		}
+	} else {
+		for k := range d.frontends.all() {
+			if _, ok := kept(k); ok {
+				if _, ok := up.get(k); !ok {
+					total++
+				}
+			}
+		}
+	}
+	if total > capFrontends {
 		var fe []delta
 		for key := range p.svcDel {
 			slot, _ := d.svcs.svcSlot(key)
@@ -661,19 +694,34 @@ func (d *Dataplane) planFrontends(p *plan) error {
 			}
 			fe = append(fe, delta{key: key, n: n})
 		}
-		return &CapacityError{Map: bpf.MapFrontend, Limit: capFrontends, What: "the frontends of " + firstOver(len(d.frontends), capFrontends, fe)}
+		return &CapacityError{Map: bpf.MapFrontend, Limit: capFrontends, What: "the frontends of " + firstOver(d.frontends.len(), capFrontends, fe)}
 	}
-	for k, id := range next {
-		if cur, ok := d.frontends[k]; !ok || cur != id {
-			p.feAdd = append(p.feAdd, k)
+	// The difference: what km_frontend holds and next does not, and what
+	// next holds that km_frontend does not (or under another id).
+	for k := range d.frontends.all() {
+		if _, ok := kept(k); ok {
+			continue
 		}
-	}
-	for k := range d.frontends {
-		if _, ok := next[k]; !ok {
+		if _, ok := up.get(k); !ok {
 			p.feDel = append(p.feDel, k)
 		}
 	}
-	p.fe = next
+	add := func(k bpf.FrontendKey, id uint32) {
+		if cur, ok := d.frontends.get(k); !ok || cur != id {
+			p.feAdd, p.feAddID = append(p.feAdd, k), append(p.feAddID, id)
+		}
+	}
+	for k, id := range up.all() {
+		add(k, id)
+	}
+	if d.feStale {
+		for k, id := range stale.all() {
+			if _, ok := up.get(k); !ok {
+				add(k, id)
+			}
+		}
+	}
+	p.fePlanned = true
 	return nil
 }
 

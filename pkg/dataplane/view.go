@@ -70,7 +70,7 @@ func (d *Dataplane) ServiceByID(id uint32) (model.Service, bool) {
 // ServiceByID).
 func (d *Dataplane) ServiceByAddr(a netip.AddrPort) (model.Service, bool) {
 	d.mu.Lock()
-	id, ok := d.frontends[bpf.FrontendKey{Addr: addr16(a.Addr().Unmap()), Port: htons(a.Port()), Proto: 6}]
+	id, ok := d.frontends.get(bpf.FrontendKey{Addr: addr16(a.Addr().Unmap()), Port: htons(a.Port()), Proto: 6})
 	d.mu.Unlock()
 	if !ok {
 		return model.Service{}, false
