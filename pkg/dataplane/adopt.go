@@ -42,8 +42,8 @@ func (d *Dataplane) adopt() error {
 	it = maps[bpf.MapSvcGen].Iterate()
 	for it.Next(&sk, &rec) {
 		recs[sk] = rec
-		if sk.Gen > d.genSeq[sk.SvcId] {
-			d.genSeq[sk.SvcId] = sk.Gen
+		if sk.Gen > d.svcs.lastGen(sk.SvcId) {
+			d.svcs.setLastGen(sk.SvcId, sk.Gen)
 		}
 	}
 	if err := it.Err(); err != nil {

@@ -307,11 +307,11 @@ func (d *Dataplane) reserve(n int) error {
 }
 
 func (d *Dataplane) nextGen(svc uint32) uint32 {
-	g := d.genSeq[svc] + 1
+	g := d.svcs.lastGen(svc) + 1
 	if g == 0 {
 		g = 1
 	}
-	d.genSeq[svc] = g
+	d.svcs.setLastGen(svc, g)
 	return g
 }
 

@@ -71,7 +71,6 @@ type Dataplane struct {
 	// frontends (adopted from pinned maps, or a commit failed part way);
 	// planFrontends then re-derives them from every service.
 	feStale  bool
-	genSeq   map[uint32]uint32 // last generation used per service id
 	live     counts
 	enrolCg  map[uint64]uint32 // cgroup id -> workload id
 	enrolNs  map[uint64]uint32 // netns cookie -> workload id
@@ -126,8 +125,8 @@ func Open(opts Options) (*Dataplane, error) {
 	}
 	d := &Dataplane{
 		obj: obj, log: opts.Logger, opts: opts, cgroupMount: mount,
-		svcs: newSvcTable(bpf.MaxServices),
-		locs: map[model.Locality]*model.Locality{}, genSeq: map[uint32]uint32{},
+		svcs:    newSvcTable(bpf.MaxServices),
+		locs:    map[model.Locality]*model.Locality{},
 		enrolCg: map[uint64]uint32{}, enrolNs: map[uint64]uint32{}, cgLevels: map[int]int{},
 	}
 	d.gc = newCollector(obj, d.log)

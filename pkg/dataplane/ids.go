@@ -52,6 +52,10 @@ func (t *svcTable) setID(key string, id uint32) {
 	t.recs[s].id = id
 	t.insertID(s)
 	delete(t.reserved, id)
+	if g, ok := t.seqs[id]; ok {
+		t.recs[s].seq = g
+		delete(t.seqs, id)
+	}
 }
 
 // release drops key's id.

@@ -11,7 +11,7 @@ import (
 // id (idSpace's assignments), its installed service (the state-file
 // encoding, the active generation, its slot total and render digest) and,
 // for keys that workloads name, their member ids and the interned
-// one-element membership list. One 40-byte pointer-free record per key in a
+// one-element membership list. One 44-byte pointer-free record per key in a
 // slice indexed by slot, where four maps keyed by the key (services, per-key
 // info, id by key, key by id) and two heap objects per key used to be: a
 // node may carry 10k services, and the daemon's budget is ~40 MB.
@@ -51,8 +51,9 @@ type svcTable struct {
 	mem     idArena             // member ids
 	longMem map[uint32][]uint32 // by slot: svcLongMem member lists
 
-	limit    uint32          // ids in [1, limit)
-	reserved map[uint32]bool // ids found in pinned maps but not (yet) owned by a key
+	limit    uint32            // ids in [1, limit)
+	reserved map[uint32]bool   // ids found in pinned maps but not (yet) owned by a key
+	seqs     map[uint32]uint32 // last generation used under ids no key holds (svcRec.seq for the others)
 }
 
 // svcRec is one service key.
@@ -63,6 +64,7 @@ type svcRec struct {
 	gen    uint32 // active generation (0: none)
 	slots  uint32 // slots of the active generation (its per-tier counts are in its km_svc_gen record)
 	digest [2]uint32
+	seq    uint32 // last generation used under id (nextGen; moves to seqs when the id is released)
 	mem    uint32 // member ids: idArena position
 	memLen uint32
 	flags  uint32
@@ -334,21 +336,49 @@ func (t *svcTable) remove(slot uint32) {
 	t.free = append(t.free, slot)
 	t.n--
 	if t.n == 0 {
-		*t = svcTable{limit: t.limit, reserved: t.reserved}
+		*t = svcTable{limit: t.limit, reserved: t.reserved, seqs: t.seqs}
 	} else if len(t.byKey) > 1024 && t.n*8 < len(t.byKey) {
 		t.resize(len(t.byKey) / 2)
 	}
 }
 
 func (t *svcTable) removeID(slot uint32) {
+	r := &t.recs[slot]
 	mask := uint64(len(t.byID) - 1)
-	for i := idHash(t.recs[slot].id) & mask; t.byID[i] != 0; i = (i + 1) & mask {
+	for i := idHash(r.id) & mask; t.byID[i] != 0; i = (i + 1) & mask {
 		if t.byID[i] == slot+1 {
 			shiftOut(t.byID, i, func(s uint32) uint64 { return idHash(t.recs[s-1].id) & mask })
 			break
 		}
 	}
-	t.recs[slot].id = 0
+	if r.seq != 0 {
+		if t.seqs == nil {
+			t.seqs = map[uint32]uint32{}
+		}
+		t.seqs[r.id] = r.seq
+	}
+	r.id, r.seq = 0, 0
+}
+
+// lastGen is the last generation used under service id (0: none). It
+// outlives the id's key: a generation of a deleted service may still wait
+// for the collector when a new key gets its id.
+func (t *svcTable) lastGen(id uint32) uint32 {
+	if s, ok := t.slotOfID(id); ok {
+		return t.recs[s].seq
+	}
+	return t.seqs[id]
+}
+
+func (t *svcTable) setLastGen(id, gen uint32) {
+	if s, ok := t.slotOfID(id); ok {
+		t.recs[s].seq = gen
+		return
+	}
+	if t.seqs == nil {
+		t.seqs = map[uint32]uint32{}
+	}
+	t.seqs[id] = gen
 }
 
 // removeIfUnused drops slot's record once it holds nothing: no id, no

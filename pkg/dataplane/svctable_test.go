@@ -76,6 +76,7 @@ func TestSvcTable(t *testing.T) {
 		tab.reserved[id], ids.reserved[id] = true, true
 	}
 	ref := map[string]*refKey{}
+	seqs := map[uint32]uint32{} // last generation used by id, whoever holds it
 	var pool []string
 	for i := 0; i < 3000; i++ {
 		k := fmt.Sprintf("ns%d/svc-%d", i%7, i)
@@ -168,6 +169,9 @@ func TestSvcTable(t *testing.T) {
 			_, ok := tab.slotOfID(id)
 			if _, want := ids.byID[id]; ok != want {
 				t.Fatalf("step %d: id %d in the table: %v", step, id, ok)
+			}
+			if g := tab.lastGen(id); g != seqs[id] {
+				t.Fatalf("step %d: id %d last generation %d, want %d", step, id, g, seqs[id])
 			}
 		}
 		n := 0
@@ -296,6 +300,14 @@ func TestSvcTable(t *testing.T) {
 				r.list = nil
 				gone(key)
 			}
+		case op < 20 && rng.Intn(2) == 0: // a generation written (ids with and without a key)
+			id := uint32(1 + rng.Intn(limit-1))
+			if r := ref[key]; r != nil && r.id != 0 && rng.Intn(2) == 0 {
+				id = r.id
+			}
+			g := tab.lastGen(id) + 1 + uint32(rng.Intn(3))
+			tab.setLastGen(id, g)
+			seqs[id] = g
 		default: // between changes
 			if rng.Intn(10) == 0 {
 				tab.reserve(tab.n + rng.Intn(2000))
