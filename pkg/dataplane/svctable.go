@@ -142,16 +142,7 @@ func (t *svcTable) slotOf(key string) (uint32, bool) {
 	if t.n == 0 {
 		return 0, false
 	}
-	mask := uint64(len(t.byKey) - 1)
-	for i := keyHash(key) & mask; ; i = (i + 1) & mask {
-		s := t.byKey[i]
-		if s == 0 {
-			return 0, false
-		}
-		if t.key(s-1) == key {
-			return s - 1, true
-		}
-	}
+	return findSlot(t.byKey, keyHash(key), func(slot uint32) bool { return t.key(slot) == key })
 }
 
 // slotOfID finds the record holding id.
@@ -159,16 +150,7 @@ func (t *svcTable) slotOfID(id uint32) (uint32, bool) {
 	if t.n == 0 || id == 0 {
 		return 0, false
 	}
-	mask := uint64(len(t.byID) - 1)
-	for i := idHash(id) & mask; ; i = (i + 1) & mask {
-		s := t.byID[i]
-		if s == 0 {
-			return 0, false
-		}
-		if t.recs[s-1].id == id {
-			return s - 1, true
-		}
-	}
+	return findSlot(t.byID, idHash(id), func(slot uint32) bool { return t.recs[slot].id == id })
 }
 
 // hasSvc reports whether slot's key has an installed service.
@@ -222,21 +204,11 @@ func (t *svcTable) resize(size int) {
 }
 
 func (t *svcTable) insertKey(slot uint32) {
-	mask := uint64(len(t.byKey) - 1)
-	i := keyHash(t.key(slot)) & mask
-	for t.byKey[i] != 0 {
-		i = (i + 1) & mask
-	}
-	t.byKey[i] = slot + 1
+	placeTab(t.byKey, keyHash(t.key(slot)), slot+1)
 }
 
 func (t *svcTable) insertID(slot uint32) {
-	mask := uint64(len(t.byID) - 1)
-	i := idHash(t.recs[slot].id) & mask
-	for t.byID[i] != 0 {
-		i = (i + 1) & mask
-	}
-	t.byID[i] = slot + 1
+	placeTab(t.byID, idHash(t.recs[slot].id), slot+1)
 }
 
 // add creates key's record (key copied).
@@ -316,13 +288,7 @@ func (t *svcTable) compactStrs() {
 
 // remove drops slot's record.
 func (t *svcTable) remove(slot uint32) {
-	mask := uint64(len(t.byKey) - 1)
-	for i := keyHash(t.key(slot)) & mask; t.byKey[i] != 0; i = (i + 1) & mask {
-		if t.byKey[i] == slot+1 {
-			shiftOut(t.byKey, i, func(s uint32) uint64 { return keyHash(t.key(s-1)) & mask })
-			break
-		}
-	}
+	dropTab(t.byKey, keyHash(t.key(slot)), slot+1, func(s uint32) uint64 { return keyHash(t.key(s - 1)) })
 	if t.recs[slot].id != 0 {
 		t.removeID(slot)
 	}
@@ -344,13 +310,7 @@ func (t *svcTable) remove(slot uint32) {
 
 func (t *svcTable) removeID(slot uint32) {
 	r := &t.recs[slot]
-	mask := uint64(len(t.byID) - 1)
-	for i := idHash(r.id) & mask; t.byID[i] != 0; i = (i + 1) & mask {
-		if t.byID[i] == slot+1 {
-			shiftOut(t.byID, i, func(s uint32) uint64 { return idHash(t.recs[s-1].id) & mask })
-			break
-		}
-	}
+	dropTab(t.byID, idHash(r.id), slot+1, func(s uint32) uint64 { return idHash(t.recs[s-1].id) })
 	if r.seq != 0 {
 		if t.seqs == nil {
 			t.seqs = map[uint32]uint32{}

@@ -212,16 +212,7 @@ func (t *wlTable) slotOf(uid string) (uint32, bool) {
 	if t.n == 0 {
 		return 0, false
 	}
-	mask := uint64(len(t.byUID) - 1)
-	for i := uidHash(uid) & mask; ; i = (i + 1) & mask {
-		s := t.byUID[i]
-		if s == 0 {
-			return 0, false
-		}
-		if t.uidIs(s-1, uid) {
-			return s - 1, true
-		}
-	}
+	return findSlot(t.byUID, uidHash(uid), func(slot uint32) bool { return t.uidIs(slot, uid) })
 }
 
 // slotOfID finds id's slot.
@@ -229,16 +220,7 @@ func (t *wlTable) slotOfID(id uint32) (uint32, bool) {
 	if t.n == 0 {
 		return 0, false
 	}
-	mask := uint64(len(t.byID) - 1)
-	for i := idHash(id) & mask; ; i = (i + 1) & mask {
-		s := t.byID[i]
-		if s == 0 {
-			return 0, false
-		}
-		if t.recs[s-1].id == id {
-			return s - 1, true
-		}
-	}
+	return findSlot(t.byID, idHash(id), func(slot uint32) bool { return t.recs[slot].id == id })
 }
 
 func (t *wlTable) hasID(id uint32) bool {
@@ -402,17 +384,8 @@ func (t *wlTable) resize(size int) {
 }
 
 func (t *wlTable) insert(slot uint32) {
-	mask := uint64(len(t.byUID) - 1)
-	i := t.uidHashOf(slot) & mask
-	for t.byUID[i] != 0 {
-		i = (i + 1) & mask
-	}
-	t.byUID[i] = slot + 1
-	i = idHash(t.recs[slot].id) & mask
-	for t.byID[i] != 0 {
-		i = (i + 1) & mask
-	}
-	t.byID[i] = slot + 1
+	placeTab(t.byUID, t.uidHashOf(slot), slot+1)
+	placeTab(t.byID, idHash(t.recs[slot].id), slot+1)
 }
 
 // put installs w, replacing the workload with its uid (which has its id:
@@ -549,20 +522,9 @@ func (t *wlTable) del(w *wlState) {
 
 func (t *wlTable) delSlot(slot uint32) {
 	t.indexAddrs(slot, false)
-	mask := uint64(len(t.byUID) - 1)
-	for i := t.uidHashOf(slot) & mask; t.byUID[i] != 0; i = (i + 1) & mask {
-		if t.byUID[i] == slot+1 {
-			shiftOut(t.byUID, i, func(s uint32) uint64 { return t.uidHashOf(s-1) & mask })
-			break
-		}
-	}
+	dropTab(t.byUID, t.uidHashOf(slot), slot+1, func(s uint32) uint64 { return t.uidHashOf(s - 1) })
 	r := &t.recs[slot]
-	for i := idHash(r.id) & mask; t.byID[i] != 0; i = (i + 1) & mask {
-		if t.byID[i] == slot+1 {
-			shiftOut(t.byID, i, func(s uint32) uint64 { return idHash(t.recs[s-1].id) & mask })
-			break
-		}
-	}
+	dropTab(t.byID, idHash(r.id), slot+1, func(s uint32) uint64 { return idHash(t.recs[s-1].id) })
 	if r.loc != locWide {
 		t.locs.unref(uint32(r.loc))
 	} else {
@@ -651,9 +613,56 @@ func (t *wlTable) compactRecs() {
 	}
 }
 
-// shiftOut empties slot i of a linear-probing table, moving later entries
-// of the probe sequence back so lookups need no tombstones.
-func shiftOut(tab []uint32, i uint64, home func(uint32) uint64) {
+// probeTab walks an open-addressing table of non-zero entries (linear probing,
+// a power-of-two size) from h's home position to the first entry match
+// accepts: its position and the entry; ok is false at an empty entry.
+func probeTab(tab []uint32, h uint64, match func(e uint32) bool) (pos uint64, e uint32, ok bool) {
+	if len(tab) == 0 {
+		return 0, 0, false
+	}
+	mask := uint64(len(tab) - 1)
+	for i := h & mask; ; i = (i + 1) & mask {
+		e := tab[i]
+		if e == 0 {
+			return 0, 0, false
+		}
+		if match(e) {
+			return i, e, true
+		}
+	}
+}
+
+// findSlot is probeTab over a table whose entries are slot+1.
+func findSlot(tab []uint32, h uint64, match func(slot uint32) bool) (uint32, bool) {
+	_, e, ok := probeTab(tab, h, func(e uint32) bool { return match(e - 1) })
+	if !ok {
+		return 0, false
+	}
+	return e - 1, true
+}
+
+// placeTab puts e at the first empty position of h's probe sequence.
+func placeTab(tab []uint32, h uint64, e uint32) {
+	mask := uint64(len(tab) - 1)
+	i := h & mask
+	for tab[i] != 0 {
+		i = (i + 1) & mask
+	}
+	tab[i] = e
+}
+
+// dropTab removes entry e, looked for from h's home position; hash gives
+// any entry's hash (for shiftOut).
+func dropTab(tab []uint32, h uint64, e uint32, hash func(uint32) uint64) {
+	if i, _, ok := probeTab(tab, h, func(x uint32) bool { return x == e }); ok {
+		shiftOut(tab, i, hash)
+	}
+}
+
+// shiftOut empties position i of a linear-probing table, moving later
+// entries of the probe sequence back so lookups need no tombstones; hash
+// gives an entry's hash.
+func shiftOut(tab []uint32, i uint64, hash func(uint32) uint64) {
 	mask := uint64(len(tab) - 1)
 	j := i
 	for {
@@ -663,7 +672,7 @@ func shiftOut(tab []uint32, i uint64, home func(uint32) uint64) {
 			tab[i] = 0
 			return
 		}
-		k := home(s)
+		k := hash(s) & mask
 		// s may move to i unless its home lies cyclically in (i, j].
 		if i <= j {
 			if i < k && k <= j {
@@ -778,16 +787,7 @@ func (t *refTab[T]) find(v T) (uint32, bool) {
 	if t.n == 0 {
 		return 0, false
 	}
-	mask := uint64(len(t.idx) - 1)
-	for j := refHash(v) & mask; ; j = (j + 1) & mask {
-		e := t.idx[j]
-		if e == 0 {
-			return 0, false
-		}
-		if t.vals[e-1] == v {
-			return e - 1, true
-		}
-	}
+	return findSlot(t.idx, refHash(v), func(i uint32) bool { return t.vals[i] == v })
 }
 
 func (t *refTab[T]) has(v T) bool {
@@ -820,13 +820,7 @@ func (t *refTab[T]) unref(i uint32) {
 	if t.refs[i]--; t.refs[i] != 0 {
 		return
 	}
-	mask := uint64(len(t.idx) - 1)
-	for j := refHash(t.vals[i]) & mask; ; j = (j + 1) & mask {
-		if t.idx[j] == i+1 {
-			shiftOut(t.idx, j, func(e uint32) uint64 { return refHash(t.vals[e-1]) & mask })
-			break
-		}
-	}
+	dropTab(t.idx, refHash(t.vals[i]), i+1, func(e uint32) uint64 { return refHash(t.vals[e-1]) })
 	var zero T
 	t.vals[i] = zero
 	t.free = append(t.free, i)
@@ -836,12 +830,7 @@ func (t *refTab[T]) unref(i uint32) {
 }
 
 func (t *refTab[T]) insert(i uint32) {
-	mask := uint64(len(t.idx) - 1)
-	j := refHash(t.vals[i]) & mask
-	for t.idx[j] != 0 {
-		j = (j + 1) & mask
-	}
-	t.idx[j] = i + 1
+	placeTab(t.idx, refHash(t.vals[i]), i+1)
 }
 
 func (t *refTab[T]) rehash(size int) {
@@ -907,16 +896,8 @@ func (t *wlTable) addrPos(k addrKey) (uint64, bool) {
 	if t.naddr == 0 {
 		return 0, false
 	}
-	mask := uint64(len(t.byAddr) - 1)
-	for i := addrHash(k) & mask; ; i = (i + 1) & mask {
-		e := t.byAddr[i]
-		if e == 0 {
-			return 0, false
-		}
-		if (e&addrV6 != 0) == k.v6 && t.holds(e&^addrV6-1, k) {
-			return i, true
-		}
-	}
+	i, _, ok := probeTab(t.byAddr, addrHash(k), func(e uint32) bool { return (e&addrV6 != 0) == k.v6 && t.holds(e&^addrV6-1, k) })
+	return i, ok
 }
 
 // addrOwner is the id of the workload that owns a.
@@ -981,18 +962,12 @@ func (t *wlTable) dropX(k addrKey) {
 }
 
 func (t *wlTable) dropAddrAt(i uint64) {
-	mask := uint64(len(t.byAddr) - 1)
-	shiftOut(t.byAddr, i, func(e uint32) uint64 { return addrHash(t.entryKey(e)) & mask })
+	shiftOut(t.byAddr, i, func(e uint32) uint64 { return addrHash(t.entryKey(e)) })
 	t.naddr--
 }
 
 func (t *wlTable) insertAddr(e uint32) {
-	mask := uint64(len(t.byAddr) - 1)
-	i := addrHash(t.entryKey(e)) & mask
-	for t.byAddr[i] != 0 {
-		i = (i + 1) & mask
-	}
-	t.byAddr[i] = e
+	placeTab(t.byAddr, addrHash(t.entryKey(e)), e)
 }
 
 // resizeAddr rehashes byAddr into size entries (the owners stay: they are
