@@ -98,7 +98,7 @@ func (t *feTable) set(k bpf.FrontendKey, id uint32) {
 		t.tab[i].id = id
 		return
 	}
-	if (t.n+1)*8 > len(t.tab)*7 {
+	if tableFull(t.n, len(t.tab)) {
 		t.resize(max(64, 2*len(t.tab)))
 	}
 	r.id = id

@@ -213,13 +213,11 @@ func (t *svcTable) insertID(slot uint32) {
 
 // add creates key's record (key copied).
 func (t *svcTable) add(key string) uint32 {
-	if len(t.byKey) == 0 || (t.n+1)*8 > len(t.byKey)*7 {
+	if tableFull(t.n, len(t.byKey)) {
 		t.resize(max(64, 2*len(t.byKey)))
 	}
-	var slot uint32
-	if n := len(t.free); n > 0 {
-		slot, t.free = t.free[n-1], t.free[:n-1]
-	} else {
+	slot, ok := popFree(&t.free)
+	if !ok {
 		slot = uint32(len(t.recs))
 		t.recs = append(t.recs, svcRec{})
 		t.lists = append(t.lists, nil)

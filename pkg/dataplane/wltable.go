@@ -396,13 +396,11 @@ func (t *wlTable) put(w *wlState) {
 	if s, ok := t.slotOf(w.uid()); ok {
 		t.delSlot(s)
 	}
-	if len(t.byUID) == 0 || (t.n+1)*8 > len(t.byUID)*7 {
+	if tableFull(t.n, len(t.byUID)) {
 		t.resize(max(64, 2*len(t.byUID)))
 	}
-	var slot uint32
-	if n := len(t.free); n > 0 {
-		slot, t.free = t.free[n-1], t.free[:n-1]
-	} else {
+	slot, ok := popFree(&t.free)
+	if !ok {
 		slot = uint32(len(t.recs))
 		t.recs = append(t.recs, wlRec{})
 	}
@@ -641,6 +639,21 @@ func findSlot(tab []uint32, h uint64, match func(slot uint32) bool) (uint32, boo
 	return e - 1, true
 }
 
+// tableFull reports whether a table of size entries holding n must grow
+// before one more goes in (load at most 7/8; an empty table is full).
+func tableFull(n, size int) bool { return (n+1)*8 > size*7 }
+
+// popFree takes the last index of a free list.
+func popFree(free *[]uint32) (uint32, bool) {
+	n := len(*free)
+	if n == 0 {
+		return 0, false
+	}
+	i := (*free)[n-1]
+	*free = (*free)[:n-1]
+	return i, true
+}
+
 // placeTab puts e at the first empty position of h's probe sequence.
 func placeTab(tab []uint32, h uint64, e uint32) {
 	mask := uint64(len(tab) - 1)
@@ -800,12 +813,11 @@ func (t *refTab[T]) ref(v T) uint32 {
 		t.refs[i]++
 		return i
 	}
-	if (t.n+1)*8 > len(t.idx)*7 {
+	if tableFull(t.n, len(t.idx)) {
 		t.rehash(max(16, 2*len(t.idx)))
 	}
-	var i uint32
-	if n := len(t.free); n > 0 {
-		i, t.free = t.free[n-1], t.free[:n-1]
+	i, ok := popFree(&t.free)
+	if ok {
 		t.vals[i], t.refs[i] = v, 1
 	} else {
 		i = uint32(len(t.vals))
@@ -928,7 +940,7 @@ func (t *wlTable) claimAddr(slot uint32, k addrKey) {
 		t.xaddr[k] = t.recs[slot].id
 		return
 	}
-	if (t.naddr+1)*8 > len(t.byAddr)*7 {
+	if tableFull(t.naddr, len(t.byAddr)) {
 		t.resizeAddr(max(64, 2*len(t.byAddr)))
 	}
 	e := slot + 1
