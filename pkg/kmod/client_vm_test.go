@@ -290,6 +290,12 @@ func runClient(a clientArgs) (clientResult, error) {
 				if err == unix.EAGAIN && step == "recv-nb" {
 					continue
 				}
+				// With SO_RCVTIMEO set the kernel does not restart a read
+				// that a signal interrupts (signal(7)), and the Go runtime
+				// preempts with SIGURG: nothing was read, read again.
+				if err == unix.EINTR {
+					continue
+				}
 				if err != nil {
 					rerr = err
 					break
