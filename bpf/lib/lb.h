@@ -72,16 +72,53 @@ static __always_inline int km_weighted_idx(struct km_slot_key *key, __u32 n, __u
 	return 0;
 }
 
+/* The same search over inline slots off..off+n-1 of rec (off + n <=
+ * KM_INLINE_SLOTS, checked by the caller): at most log2(KM_INLINE_SLOTS)
+ * probes, no lookups. */
+static __always_inline __u32 km_weighted_idx_inline(const struct km_svc_rec *rec, __u32 off, __u32 n, __u32 w)
+{
+	__u32 lo = 0, hi = n - 1;
+	int i;
+
+	for (i = 0; i < 8 && lo < hi; i++) {
+		__u32 mid = lo + (hi - lo) / 2;
+
+		if (rec->slots[(off + mid) & (KM_INLINE_SLOTS - 1)].cum_weight > w)
+			hi = mid;
+		else
+			lo = mid + 1;
+	}
+	return lo;
+}
+
+/* Where tier tier of family fam starts in an inline record: the slot count
+ * of every (family, tier) before it. */
+static __always_inline __u32 km_inline_off(const struct km_svc_rec *rec, __u32 fam, __u32 tier)
+{
+	__u32 off = 0;
+	int t;
+
+	for (t = 0; t < KM_MAX_TIERS; t++) {
+		if (fam == KM_FAM_V6)
+			off += rec->count[KM_FAM_V4][t];
+		if (t < tier)
+			off += rec->count[fam][t];
+	}
+	return off;
+}
+
 /* Chooses a backend of service svc for a connect() to port (network order)
  * in family fam. rnd is the random input (bpf_get_prandom_u32() in the
- * datapath, chosen by the caller in unit tests). */
+ * datapath, chosen by the caller in unit tests). A record with KM_REC_INLINE
+ * holds its slots: one hash lookup (the generation record) in all; otherwise
+ * the slot is a km_endpoint lookup (and a binary search for weighted). */
 static __always_inline int km_lb_pick(__u32 svc, __u16 port, __u32 fam, __u32 rnd, struct km_pick *out)
 {
 	struct km_svc_key skey = { .svc_id = svc };
 	struct km_slot_key key = {};
 	struct km_svc_rec *rec;
 	struct km_slot *slot;
-	__u32 *active, gen, n = 0, idx = 0, pidx = KM_MAX_PORTS, tier = 0;
+	__u32 *active, gen, n = 0, idx = 0, pidx = KM_MAX_PORTS, tier = 0, off = 0, inl;
 	int i;
 
 	if (fam >= KM_FAMILIES)
@@ -125,6 +162,14 @@ static __always_inline int km_lb_pick(__u32 svc, __u16 port, __u32 fam, __u32 rn
 	if (n == 0 || tier >= KM_MAX_TIERS)
 		return KM_REFUSE;
 
+	inl = rec->flags & KM_REC_INLINE;
+	if (inl) {
+		off = km_inline_off(rec, fam, tier);
+		if (off >= KM_INLINE_SLOTS || n > KM_INLINE_SLOTS - off) {
+			km_stat_inc(KM_STAT_LOOKUP_MISS);
+			return KM_REFUSE;
+		}
+	}
 	key.svc_id = svc;
 	key.gen = gen;
 	key.family = fam;
@@ -139,7 +184,13 @@ static __always_inline int km_lb_pick(__u32 svc, __u16 port, __u32 fam, __u32 rn
 	case KM_LB_WEIGHTED: {
 		__u32 wsum = rec->wsum[fam][tier];
 
-		if (wsum == 0 || km_weighted_idx(&key, n, rnd % wsum, &idx) < 0) {
+		if (wsum == 0) {
+			km_stat_inc(KM_STAT_LOOKUP_MISS);
+			return KM_REFUSE;
+		}
+		if (inl) {
+			idx = km_weighted_idx_inline(rec, off, n, rnd % wsum);
+		} else if (km_weighted_idx(&key, n, rnd % wsum, &idx) < 0) {
 			km_stat_inc(KM_STAT_LOOKUP_MISS);
 			return KM_REFUSE;
 		}
@@ -149,11 +200,15 @@ static __always_inline int km_lb_pick(__u32 svc, __u16 port, __u32 fam, __u32 rn
 		idx = rnd % n;
 	}
 
-	key.idx = idx;
-	slot = bpf_map_lookup_elem(&km_endpoint, &key);
-	if (!slot) {
-		km_stat_inc(KM_STAT_LOOKUP_MISS);
-		return KM_REFUSE;
+	if (inl) {
+		slot = &rec->slots[(off + idx) & (KM_INLINE_SLOTS - 1)];
+	} else {
+		key.idx = idx;
+		slot = bpf_map_lookup_elem(&km_endpoint, &key);
+		if (!slot) {
+			km_stat_inc(KM_STAT_LOOKUP_MISS);
+			return KM_REFUSE;
+		}
 	}
 	if (pidx < KM_MAX_PORTS)
 		out->port = slot->target[pidx];

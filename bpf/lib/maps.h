@@ -32,7 +32,8 @@ struct {
 	__type(value, __u32);
 } km_svc_active SEC(".maps");
 
-/* (service, generation) -> policy and slot counts. */
+/* (service, generation) -> policy, slot counts and, for services of at most
+ * KM_INLINE_SLOTS slots, the slots themselves (KM_REC_INLINE). */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, KM_MAX_SVC_GENS);
@@ -41,7 +42,8 @@ struct {
 	__type(value, struct km_svc_rec);
 } km_svc_gen SEC(".maps");
 
-/* (service, generation, family, tier, idx) -> endpoint slot. */
+/* (service, generation, family, tier, idx) -> endpoint slot, for generations
+ * whose record is not KM_REC_INLINE. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, KM_MAX_SLOTS);

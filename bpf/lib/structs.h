@@ -13,9 +13,10 @@
 #ifdef KMESH_LAYOUT_NEXT
 /* A test build (go build -tags kmesh_layout_next) with a different layout, used
  * by the upgrade test to prove migration of pinned maps. */
-#define KM_LAYOUT_VERSION 2
+#define KM_LAYOUT_VERSION 3
 #else
-#define KM_LAYOUT_VERSION 1
+/* 2: km_svc_rec carries small services' slots inline (KM_REC_INLINE). */
+#define KM_LAYOUT_VERSION 2
 #endif
 
 #define KM_MAX_PORTS    10 /* service ports per service */
@@ -23,6 +24,10 @@
 #define KM_FAMILIES     2  /* slot sets per family: 0 = IPv4, 1 = IPv6 */
 #define KM_FAM_V4       0
 #define KM_FAM_V6       1
+/* Slots a generation record holds inline (all families and tiers together);
+ * a power of two, so an index is bounded by a mask. 16 keeps the record at
+ * 920 bytes, inside the 1 KiB allocation class of a hash map element. */
+#define KM_INLINE_SLOTS 16
 
 /* Map sizes (see ARCHITECTURE.md): >= 100k endpoints, double-buffered. */
 #define KM_MAX_SERVICES  65536
@@ -72,17 +77,6 @@ struct km_svc_key {
 	__u32 gen;
 };
 
-/* km_svc_gen value: a service's policy and slot counts in one generation. */
-struct km_svc_rec {
-	__u8 algorithm; /* enum km_lb_algorithm */
-	__u8 locality;  /* enum km_locality_mode */
-	__u8 nports;
-	__u8 flags;
-	__u16 port[KM_MAX_PORTS];                 /* service ports, network order */
-	__u32 count[KM_FAMILIES][KM_MAX_TIERS];  /* slots per family and tier */
-	__u32 wsum[KM_FAMILIES][KM_MAX_TIERS];   /* total weight per family and tier */
-};
-
 /* km_endpoint key: slot idx (0-based, < count) of a tier's slot array. */
 struct km_slot_key {
 	__u32 svc_id;
@@ -108,6 +102,27 @@ struct km_slot {
 };
 
 #define KM_EP_LOCAL (1u << 0) /* an enrolled workload on this node */
+
+/* km_svc_gen value: a service's policy and slot counts in one generation.
+ * A generation of at most KM_INLINE_SLOTS slots in all keeps them in slots[]
+ * and sets KM_REC_INLINE: a connect() then needs no km_endpoint lookup. The
+ * inline order is family-major, tier-minor, each tier's slots in idx order,
+ * so tier t of family f starts at the sum of count[] over the (family, tier)
+ * pairs before it. Without the flag (larger services, and records written by
+ * layout 1, which the loader migrates with flags 0) slots[] is unused and the
+ * slots are in km_endpoint. */
+struct km_svc_rec {
+	__u8 algorithm; /* enum km_lb_algorithm */
+	__u8 locality;  /* enum km_locality_mode */
+	__u8 nports;
+	__u8 flags;     /* KM_REC_* */
+	__u16 port[KM_MAX_PORTS];                 /* service ports, network order */
+	__u32 count[KM_FAMILIES][KM_MAX_TIERS];  /* slots per family and tier */
+	__u32 wsum[KM_FAMILIES][KM_MAX_TIERS];   /* total weight per family and tier */
+	struct km_slot slots[KM_INLINE_SLOTS];   /* KM_REC_INLINE: every slot */
+};
+
+#define KM_REC_INLINE (1u << 0) /* slots[] holds the generation's slots */
 
 /* Enrolment maps (cgroup id / netns cookie -> workload). */
 struct km_enrol {

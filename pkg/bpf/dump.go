@@ -7,6 +7,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/btf"
@@ -44,9 +45,48 @@ func (o *Objects) Dump(limit int) ([]MapDump, error) {
 	sort.Strings(names)
 	out := make([]MapDump, 0, len(names))
 	for _, n := range names {
-		out = append(out, dumpMap(n, o.Maps[n], specs[n], limit))
+		var more func(func(k, v []byte) bool) int
+		if n == MapEndpoint && o.Maps[MapSvcGen] != nil {
+			more = inlineSlots(o.Maps[MapSvcGen])
+		}
+		out = append(out, dumpMap(n, o.Maps[n], specs[n], limit, more))
 	}
 	return out, nil
+}
+
+// inlineSlots yields the slots of km_svc_gen's inline records (KM_REC_INLINE)
+// as km_endpoint keys and values, so the dump shows every service's endpoints
+// under km_endpoint, wherever they are stored. It returns how many it found.
+func inlineSlots(gens *ebpf.Map) func(yield func(k, v []byte) bool) int {
+	return func(yield func(k, v []byte) bool) int {
+		var gk SvcKey
+		var rec SvcRec
+		n := 0
+		it := gens.Iterate()
+		for it.Next(&gk, &rec) {
+			if rec.Flags&RecInline == 0 {
+				continue
+			}
+			i := 0
+			for f := range rec.Count {
+				for t := range rec.Count[f] {
+					for x := uint32(0); x < rec.Count[f][t] && i < InlineSlots; x++ {
+						k := SlotKey{SvcId: gk.SvcId, Gen: gk.Gen, Family: uint8(f), Tier: uint8(t), Idx: x}
+						n++
+						if !yield(rawBytes(&k), rawBytes(&rec.Slots[i])) {
+							return n
+						}
+						i++
+					}
+				}
+			}
+		}
+		return n
+	}
+}
+
+func rawBytes[T any](v *T) []byte {
+	return unsafe.Slice((*byte)(unsafe.Pointer(v)), unsafe.Sizeof(*v))
 }
 
 func mapSpecs() (map[string]*ebpf.MapSpec, error) {
@@ -65,7 +105,10 @@ func mapSpecs() (map[string]*ebpf.MapSpec, error) {
 	return specs, nil
 }
 
-func dumpMap(name string, m *ebpf.Map, spec *ebpf.MapSpec, limit int) MapDump {
+// dumpMap decodes m. more, if set, supplies further rows shaped like m's
+// entries that live elsewhere (km_endpoint: the inline slots of km_svc_gen
+// records); a column "inline" then tells them apart.
+func dumpMap(name string, m *ebpf.Map, spec *ebpf.MapSpec, limit int, more func(func(k, v []byte) bool) int) MapDump {
 	d := MapDump{Name: name, Type: m.Type().String(), MaxEntries: m.MaxEntries()}
 	switch m.Type() {
 	case ebpf.RingBuf, ebpf.SkStorage, ebpf.ProgramArray, ebpf.ArrayOfMaps, ebpf.HashOfMaps,
@@ -91,6 +134,9 @@ func dumpMap(name string, m *ebpf.Map, spec *ebpf.MapSpec, limit int) MapDump {
 		}
 	}
 	d.Columns = append(append([]string{}, kcols...), vcols...)
+	if more != nil {
+		d.Columns = append(d.Columns, "inline")
+	}
 	kprefix, vprefix := "", ""
 	if len(kcols) > 0 && strings.HasPrefix(kcols[0], "key.") {
 		kprefix, vprefix = "key.", "value."
@@ -106,10 +152,32 @@ func dumpMap(name string, m *ebpf.Map, spec *ebpf.MapSpec, limit int) MapDump {
 		row := map[string]string{}
 		decode(row, kprefix, "key", keyT, k)
 		decode(row, vprefix, "value", valT, v)
+		if more != nil {
+			row["inline"] = "no"
+		}
 		d.Rows = append(d.Rows, row)
 	}
 	if err := it.Err(); err != nil {
 		d.Note = "iteration stopped: " + err.Error()
+	}
+	if more != nil {
+		n := more(func(k, v []byte) bool {
+			if len(d.Rows) >= limit {
+				d.Truncated = true
+				return true // keep counting
+			}
+			row := map[string]string{"inline": "yes"}
+			decode(row, kprefix, "key", keyT, k)
+			decode(row, vprefix, "value", valT, v)
+			d.Rows = append(d.Rows, row)
+			return true
+		})
+		if n > 0 {
+			if d.Note != "" {
+				d.Note += "; "
+			}
+			d.Note += fmt.Sprintf("also %d inline slots of km_svc_gen records (inline=yes; not entries of this map)", n)
+		}
 	}
 	return d
 }
@@ -148,9 +216,24 @@ func columns(prefix string, t btf.Type, def string) []string {
 			out = append(out, columns(prefix+mb.Name+".", sub, mb.Name)...)
 			continue
 		}
+		if structArray(mb.Type) {
+			continue
+		}
 		out = append(out, prefix+mb.Name)
 	}
 	return out
+}
+
+// structArray reports an array of structs (km_svc_rec's inline slots): no
+// column of its own, it would only be hex; Dump shows such slots as rows of
+// the map they stand in for.
+func structArray(t btf.Type) bool {
+	a, ok := btf.UnderlyingType(t).(*btf.Array)
+	if !ok {
+		return false
+	}
+	_, ok = btf.UnderlyingType(a.Type).(*btf.Struct)
+	return ok
 }
 
 // decode writes the fields of b, typed t, into row.
@@ -161,7 +244,7 @@ func decode(row map[string]string, prefix, def string, t btf.Type, b []byte) {
 		return
 	}
 	for _, mb := range st.Members {
-		if mb.Name == "" || strings.HasPrefix(mb.Name, "pad") || mb.Name == "_" {
+		if mb.Name == "" || strings.HasPrefix(mb.Name, "pad") || mb.Name == "_" || structArray(mb.Type) {
 			continue
 		}
 		off := int(mb.Offset.Bytes())

@@ -95,9 +95,10 @@ func describeTo(b *strings.Builder, t btf.Type, depth int) {
 type copyOp struct{ from, to, n uint32 }
 
 // copyPlan converts entries of type old into type new: members are matched by
-// name (recursively into nested structs), members only in new are zeroed,
-// members only in old are dropped. A member whose type changed cannot be
-// converted generically and is an error naming it.
+// name (recursively into nested structs, and element by element into arrays
+// of the same length, such as km_svc_rec's inline slots), members only in new
+// are zeroed, members only in old are dropped. A member whose type changed
+// cannot be converted generically and is an error naming it.
 func copyPlan(old, new btf.Type) ([]copyOp, error) {
 	if old == nil || new == nil {
 		return nil, errors.New("no BTF type information")
@@ -118,6 +119,23 @@ func planInto(ops *[]copyOp, old, new btf.Type, fromOff, toOff uint32, path stri
 		}
 		*ops = append(*ops, copyOp{fromOff, toOff, uint32(n)})
 		return nil
+	}
+	if oa, ok := old.(*btf.Array); ok {
+		if na, ok := new.(*btf.Array); ok && oa.Nelems == na.Nelems {
+			osz, err1 := btf.Sizeof(oa.Type)
+			nsz, err2 := btf.Sizeof(na.Type)
+			if err := errors.Join(err1, err2); err != nil {
+				return err
+			}
+			if _, isStruct := btf.UnderlyingType(na.Type).(*btf.Struct); isStruct {
+				for i := uint32(0); i < na.Nelems; i++ {
+					if err := planInto(ops, oa.Type, na.Type, fromOff+i*uint32(osz), toOff+i*uint32(nsz), fmt.Sprintf("%s[%d]", path, i)); err != nil {
+						return err
+					}
+				}
+				return nil
+			}
+		}
 	}
 	os, ok1 := old.(*btf.Struct)
 	ns, ok2 := new.(*btf.Struct)

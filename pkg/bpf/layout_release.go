@@ -3,5 +3,5 @@
 package bpf
 
 // LayoutVersion is the map layout of this build (KM_LAYOUT_VERSION in
-// bpf/lib/structs.h).
-const LayoutVersion = 1
+// bpf/lib/structs.h). 2: km_svc_rec carries small services' slots inline.
+const LayoutVersion = 2

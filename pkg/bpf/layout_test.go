@@ -52,6 +52,40 @@ func TestCopyPlanByName(t *testing.T) {
 	}
 }
 
+// An array of structs whose element layout changed (km_svc_rec's inline
+// km_slot array in the layout-next build) is converted element by element.
+func TestCopyPlanArrayOfStructs(t *testing.T) {
+	el := &btf.Struct{Name: "km_slot", Size: 8, Members: []btf.Member{u32("workload_id", 0), u32("flags", 4)}}
+	elNext := &btf.Struct{Name: "km_slot", Size: 12, Members: []btf.Member{u32("workload_id", 0), u32("next_marker", 4), u32("flags", 8)}}
+	rec := func(e *btf.Struct) *btf.Struct {
+		return &btf.Struct{Name: "km_svc_rec", Size: 4 + 3*e.Size, Members: []btf.Member{u32("count", 0),
+			{Name: "slots", Type: &btf.Array{Index: &btf.Int{Size: 4}, Type: e, Nelems: 3}, Offset: btf.Bits(4 * 8)}}}
+	}
+	ops, err := copyPlan(rec(el), rec(elNext))
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := make([]byte, 28)
+	for i := range in {
+		in[i] = byte(i + 1)
+	}
+	out := applyPlan(ops, in, 40)
+	want := []byte{1, 2, 3, 4}
+	for i := 0; i < 3; i++ {
+		e := in[4+8*i:]
+		want = append(append(append(want, e[0:4]...), 0, 0, 0, 0), e[4:8]...)
+	}
+	if string(out) != string(want) {
+		t.Fatalf("migrated entry\n got %v\nwant %v", out, want)
+	}
+	// Arrays of another length are a type change.
+	short := rec(elNext)
+	short.Members[1].Type = &btf.Array{Index: &btf.Int{Size: 4}, Type: elNext, Nelems: 2}
+	if _, err := copyPlan(rec(el), short); err == nil || !strings.Contains(err.Error(), `"slots"`) {
+		t.Fatalf("length change: %v, want an error naming slots", err)
+	}
+}
+
 func TestDescribeNamesFields(t *testing.T) {
 	a := &btf.Struct{Name: "s", Size: 8, Members: []btf.Member{u32("a", 0), u32("b", 4)}}
 	b := &btf.Struct{Name: "s", Size: 8, Members: []btf.Member{u32("b", 0), u32("a", 4)}}

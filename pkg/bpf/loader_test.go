@@ -204,3 +204,82 @@ func TestMigratesChangedLayout(t *testing.T) {
 		t.Fatalf("%d entries migrated (%v), want 100", n, it.Err())
 	}
 }
+
+// TestMigratesLayout1SvcGen pins a km_svc_gen as layout 1 left it (records
+// without the inline slot array). Open migrates the records member by
+// member: policy, ports and counts kept, flags 0 (no KM_REC_INLINE) and the
+// slot array zero, so the programs keep reading those generations' slots
+// from km_endpoint.
+func TestMigratesLayout1SvcGen(t *testing.T) {
+	testutil.Privileged(t)
+	cg := testutil.NewCgroup(t)
+	opts := bpftest.Options(t, cg)
+	o, err := bpf.Open(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o.Close()
+
+	u8 := &btf.Int{Name: "__u8", Size: 1}
+	u16 := &btf.Int{Name: "__u16", Size: 2}
+	u32 := &btf.Int{Name: "__u32", Size: 4}
+	idx := &btf.Int{Name: "__ARRAY_SIZE_TYPE__", Size: 4}
+	tiers := &btf.Array{Index: idx, Type: &btf.Array{Index: idx, Type: u32, Nelems: 8}, Nelems: 2}
+	m := func(name string, typ btf.Type, off uint32) btf.Member {
+		return btf.Member{Name: name, Type: typ, Offset: btf.Bits(off * 8)}
+	}
+	key := &btf.Struct{Name: "km_svc_key", Size: 8, Members: []btf.Member{m("svc_id", u32, 0), m("gen", u32, 4)}}
+	old := &btf.Struct{Name: "km_svc_rec", Size: 152, Members: []btf.Member{
+		m("algorithm", u8, 0), m("locality", u8, 1), m("nports", u8, 2), m("flags", u8, 3),
+		m("port", &btf.Array{Index: idx, Type: u16, Nelems: 10}, 4), m("count", tiers, 24), m("wsum", tiers, 88)}}
+	path := filepath.Join(opts.PinDir, "maps", bpf.MapSvcGen)
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	om, err := ebpf.NewMap(&ebpf.MapSpec{Name: bpf.MapSvcGen, Type: ebpf.Hash, KeySize: 8, ValueSize: 152, MaxEntries: 131072,
+		Flags: unix.BPF_F_NO_PREALLOC, Key: key, Value: old})
+	if err != nil {
+		t.Fatal(err)
+	}
+	type oldRec struct {
+		Alg, Loc, Nports, Flags uint8
+		Port                    [10]uint16
+		Count, Wsum             [2][8]uint32
+	}
+	for i := uint32(1); i <= 50; i++ {
+		v := oldRec{Alg: bpf.AlgWeighted, Loc: bpf.LocFailover, Nports: 2}
+		v.Port[0], v.Port[1] = 0x5000, uint16(i)
+		v.Count[0][1], v.Count[1][0], v.Wsum[0][1], v.Wsum[1][7] = 3, 17, 30, 1000+i
+		if err := om.Put(bpf.SvcKey{SvcId: i, Gen: 2}, v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := om.Pin(path); err != nil {
+		t.Fatal(err)
+	}
+	om.Close()
+
+	o, err = bpf.Open(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer o.Close()
+	if !slices.Equal(o.Adoption.Migrated, []string{bpf.MapSvcGen}) {
+		t.Fatalf("migrated %v, want only %s", o.Adoption.Migrated, bpf.MapSvcGen)
+	}
+	n := 0
+	var k bpf.SvcKey
+	var v bpf.SvcRec
+	it := o.Maps[bpf.MapSvcGen].Iterate()
+	for it.Next(&k, &v) {
+		n++
+		if k.Gen != 2 || v.Algorithm != bpf.AlgWeighted || v.Locality != bpf.LocFailover || v.Nports != 2 ||
+			v.Port[0] != 0x5000 || v.Port[1] != uint16(k.SvcId) || v.Count[0][1] != 3 || v.Count[1][0] != 17 ||
+			v.Wsum[0][1] != 30 || v.Wsum[1][7] != 1000+k.SvcId || v.Flags != 0 || v.Slots != ([bpf.InlineSlots]bpf.Slot{}) {
+			t.Fatalf("record %+v migrated to %+v", k, v)
+		}
+	}
+	if it.Err() != nil || n != 50 {
+		t.Fatalf("%d records migrated (%v), want 50", n, it.Err())
+	}
+}

@@ -39,6 +39,9 @@ type (
 	WpHeaderArgs = objs.WpHeaderWpHeaderArgs
 )
 
+// The record's inline slot array is InlineSlots long (a compile error otherwise).
+var _ [InlineSlots]Slot = SvcRec{}.Slots
+
 // Limits compiled into the BPF objects (bpf/lib/structs.h).
 const (
 	MaxPorts    = 10
@@ -47,6 +50,13 @@ const (
 	FamV4       = 0
 	FamV6       = 1
 	MaxServices = 65536
+	// InlineSlots is how many slots a generation record holds itself
+	// (KM_INLINE_SLOTS): a generation of at most this many slots in all
+	// families and tiers is written inline (RecInline), never to km_endpoint.
+	InlineSlots = 16
+	// RecInline is km_svc_rec's flag (KM_REC_INLINE): Slots holds the
+	// generation's slots, family-major, tier-minor, in index order.
+	RecInline = 1 << 0
 	// MaxWaypoints is km_waypoint's size (KM_MAX_WAYPOINTS).
 	MaxWaypoints = 131072
 	// WpHeaderMax is the longest waypoint header (PROXY v2, IPv6).

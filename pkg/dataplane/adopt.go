@@ -38,10 +38,11 @@ func (d *Dataplane) adopt() error {
 	// Every generation present; inactive ones are garbage.
 	var sk bpf.SvcKey
 	var rec bpf.SvcRec
-	recs := map[bpf.SvcKey]bpf.SvcRec{}
+	// Per generation, its slot counts in km_endpoint (none when inline).
+	recs := map[bpf.SvcKey][bpf.Families][bpf.MaxTiers]uint32{}
 	it = maps[bpf.MapSvcGen].Iterate()
 	for it.Next(&sk, &rec) {
-		recs[sk] = rec
+		recs[sk] = endpointCounts(&rec)
 		if sk.Gen > d.svcs.lastGen(sk.SvcId) {
 			d.svcs.setLastGen(sk.SvcId, sk.Gen)
 		}
@@ -52,10 +53,10 @@ func (d *Dataplane) adopt() error {
 	for k, r := range recs {
 		if active[k.SvcId] == k.Gen {
 			d.live.gens++
-			d.live.slots += countSlots(r.Count)
+			d.live.slots += countSlots(r)
 			continue
 		}
-		d.gc.retireGen(retiredGen{svc: k.SvcId, gen: k.Gen, count: r.Count})
+		d.gc.retireGen(retiredGen{svc: k.SvcId, gen: k.Gen, count: r})
 	}
 	// Frontends as they are.
 	var fk bpf.FrontendKey
@@ -121,7 +122,7 @@ func (d *Dataplane) adopt() error {
 			d.svcs.setSvc(slot, encodeService(ps.Service))
 			s := d.svcs.rec(slot)
 			if s.gen = active[ps.ID]; s.gen != 0 {
-				s.slots = uint32(countSlots(recs[bpf.SvcKey{SvcId: ps.ID, Gen: s.gen}].Count))
+				s.slots = uint32(countSlots(recs[bpf.SvcKey{SvcId: ps.ID, Gen: s.gen}]))
 			}
 			// digest 0: content unknown, so the next update rewrites it.
 		}

@@ -117,6 +117,56 @@ func TestCapacity(t *testing.T) {
 			t.Fatal(err)
 		}
 		checkMapCounts(t, e.dp)
+
+		// Inline generations take no km_endpoint entries (the test
+		// service's 3 slots are inline): with the map exactly full, a
+		// service of bpf.InlineSlots endpoints still fits; one of
+		// bpf.InlineSlots+1 does not.
+		rest := capSlots - e.dp.Usage().Slots
+		if rest != capSlots-262000 {
+			t.Fatalf("km_endpoint holds %d slots, want 262000", e.dp.Usage().Slots)
+		}
+		full := func(extra ...model.Service) *model.Snapshot {
+			f := s
+			svcs := []model.Service{{Key: "fill-rest", VIPs: []netip.Addr{netip.MustParseAddr("10.99.201.1")}, Ports: []model.ServicePort{{Port: 80}}},
+				{Key: "small-in", VIPs: []netip.Addr{netip.MustParseAddr("10.99.201.2")}, Ports: []model.ServicePort{{Port: 80}}}}
+			f.Services = append(append(append([]model.Service{}, s.Services...), svcs...), extra...)
+			f.Workloads = append([]model.Workload{}, s.Workloads...)
+			for i := range f.Workloads {
+				if !strings.HasPrefix(f.Workloads[i].UID, "w") {
+					continue
+				}
+				var n int
+				fmt.Sscanf(f.Workloads[i].UID, "w%d", &n)
+				m := map[string][]model.WorkloadPort{}
+				for k, v := range f.Workloads[i].Services {
+					m[k] = v
+				}
+				if n < rest {
+					m["fill-rest"] = nil
+				}
+				if n < bpf.InlineSlots {
+					m["small-in"] = nil
+				}
+				if n <= bpf.InlineSlots {
+					m["small-out"] = nil
+				}
+				f.Workloads[i].Services = m
+			}
+			return &f
+		}
+		e.apply(full())
+		if u := e.dp.Usage(); u.Slots != capSlots {
+			t.Fatalf("km_endpoint holds %d slots, want it full (%d)", u.Slots, capSlots)
+		}
+		works()
+		out := model.Service{Key: "small-out", VIPs: []netip.Addr{netip.MustParseAddr("10.99.201.3")}, Ports: []model.ServicePort{{Port: 80}}}
+		capErr(e.dp.Apply(ctx, full(out)), bpf.MapEndpoint, capSlots, "small-out")
+		works()
+		if err := e.dp.Sync(); err != nil {
+			t.Fatal(err)
+		}
+		checkMapCounts(t, e.dp)
 		e.apply(base)
 		works()
 	})

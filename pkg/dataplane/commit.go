@@ -165,9 +165,9 @@ type genWrite struct {
 // the generations they replace, it goes service by service, reclaiming
 // retired entries in between.
 func (d *Dataplane) writeGenerations(ws []genWrite) error {
-	total := 0
+	total := 0 // km_endpoint entries
 	for _, w := range ws {
-		total += w.r.total
+		total += w.r.endpointSlots()
 	}
 	ps, pg := d.gc.pending()
 	if len(ws) < 2 || d.live.slots+ps+total > capSlots || d.live.gens+pg+len(ws) > capSvcGens {
@@ -204,13 +204,17 @@ func (d *Dataplane) writeGenerations(ws []genWrite) error {
 		if err := d.retireActive(s.id, s.gen, s.slots, gens[i]); err != nil {
 			return err
 		}
-		s.gen, s.slots = gens[i], uint32(countSlots(w.r.rec.Count))
+		s.gen, s.slots = gens[i], uint32(w.r.endpointSlots())
 		s.setDigest(w.r.digest)
 	}
 	return nil
 }
 
+// appendSlots adds the km_endpoint entries of r (none when it is inline).
 func appendSlots(keys []bpf.SlotKey, vals []bpf.Slot, svc, gen uint32, r *rendered) ([]bpf.SlotKey, []bpf.Slot) {
+	if r.inline() {
+		return keys, vals
+	}
 	for f := range r.slots {
 		for t := range r.slots[f] {
 			for i, sl := range r.slots[f][t] {
@@ -226,12 +230,13 @@ func appendSlots(keys []bpf.SlotKey, vals []bpf.Slot, svc, gen uint32, r *render
 // makes it active.
 func (d *Dataplane) writeGeneration(slot uint32, r rendered) error {
 	maps := d.obj.Maps
-	if err := d.reserve(r.total); err != nil {
+	n := r.endpointSlots()
+	if err := d.reserve(n); err != nil {
 		return err
 	}
 	id := d.svcs.rec(slot).id
 	gen := d.nextGen(id)
-	keys, vals := appendSlots(make([]bpf.SlotKey, 0, r.total), make([]bpf.Slot, 0, r.total), id, gen, &r)
+	keys, vals := appendSlots(make([]bpf.SlotKey, 0, n), make([]bpf.Slot, 0, n), id, gen, &r)
 	if err := putBatch(maps[bpf.MapEndpoint], keys, vals); err != nil {
 		return fmt.Errorf("writing %s for service id %d: %w", bpf.MapEndpoint, id, err)
 	}
@@ -239,21 +244,21 @@ func (d *Dataplane) writeGeneration(slot uint32, r rendered) error {
 	if err := maps[bpf.MapSvcGen].Put(bpf.SvcKey{SvcId: id, Gen: gen}, &rec); err != nil {
 		return fmt.Errorf("writing %s for service id %d: %w", bpf.MapSvcGen, id, err)
 	}
-	d.live.slots += r.total
+	d.live.slots += n
 	d.live.gens++
 	s := d.svcs.rec(slot)
 	if err := d.retireActive(id, s.gen, s.slots, gen); err != nil {
 		return err
 	}
-	s.gen, s.slots = gen, uint32(countSlots(r.rec.Count))
+	s.gen, s.slots = gen, uint32(n)
 	s.setDigest(r.digest)
 	return nil
 }
 
 // retireActive flips service id to gen (0 = no generation: connects pass
 // through) and hands the generation it replaced to the collector. active and
-// slots are the generation the dataplane has as active and its slot total
-// (0: none known, e.g. an adopted id no key owns).
+// slots are the generation the dataplane has as active and its km_endpoint
+// slot total (0: none known, e.g. an adopted id no key owns, or inline).
 func (d *Dataplane) retireActive(id, active, slots, gen uint32) error {
 	old, err := d.obj.Flip(id, gen)
 	if err != nil {
@@ -261,12 +266,14 @@ func (d *Dataplane) retireActive(id, active, slots, gen uint32) error {
 	}
 	if old != 0 {
 		// The per-tier counts are the generation's record (services keep
-		// only their total): one lookup per retired generation. A record
+		// only their total): one lookup per retired generation. An inline
+		// record has nothing in km_endpoint; one without the flag (also a
+		// record migrated from layout 1) has its slots there. A record
 		// that cannot be read (only an adopted, foreign generation) counts
 		// as empty: the collector tolerates missing keys.
 		var cnt [bpf.Families][bpf.MaxTiers]uint32
 		if rec, ok := d.readRec(id, old); ok {
-			cnt = rec.Count
+			cnt = endpointCounts(&rec)
 		}
 		n := countSlots(cnt)
 		if old == active {

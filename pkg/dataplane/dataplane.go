@@ -76,6 +76,10 @@ type Dataplane struct {
 	enrolNs  map[uint64]uint32 // netns cookie -> workload id
 	cgLevels map[int]int       // cgroup depth -> enrolled cgroups at it
 
+	// inlineMax: generations of at most this many slots are written inline
+	// in their record (bpf.InlineSlots; tests set 0 to use km_endpoint).
+	inlineMax int
+
 	gc    *collector
 	state *stateWriter
 	// cgroup depths of adopted enrolments not yet attributed to a workload
@@ -124,7 +128,7 @@ func Open(opts Options) (*Dataplane, error) {
 		return nil, err
 	}
 	d := &Dataplane{
-		obj: obj, log: opts.Logger, opts: opts, cgroupMount: mount,
+		obj: obj, log: opts.Logger, opts: opts, cgroupMount: mount, inlineMax: bpf.InlineSlots,
 		svcs:    newSvcTable(bpf.MaxServices),
 		locs:    map[model.Locality]*model.Locality{},
 		enrolCg: map[uint64]uint32{}, enrolNs: map[uint64]uint32{}, cgLevels: map[int]int{},
@@ -521,7 +525,7 @@ func (d *Dataplane) plan(ch change) (p *plan, err error) {
 	parallel(len(jobs), func(lo, hi int) {
 		for i := lo; i < hi; i++ {
 			j := &jobs[i]
-			j.r, j.err = render(j.svc, d.membersOf(p, j.key), p.node)
+			j.r, j.err = render(j.svc, d.membersOf(p, j.key), p.node, d.inlineMax)
 		}
 	})
 	for i := range jobs {
@@ -787,7 +791,7 @@ func (d *Dataplane) checkCapacity(p *plan) error {
 		}
 	}
 	for key, r := range p.renders {
-		n, g := r.total, 1
+		n, g := r.endpointSlots(), 1
 		if slot, ok := d.svcs.svcSlot(key); ok && d.svcs.rec(slot).gen != 0 {
 			s := d.svcs.rec(slot)
 			if s.getDigest() == r.digest {
@@ -846,6 +850,17 @@ func (d *Dataplane) checkCapacity(p *plan) error {
 		return &CapacityError{Map: bpf.MapEnrolNs, Limit: capEnrol, What: "the netns enrolment of " + obj}
 	}
 	return nil
+}
+
+// endpointCounts is what a generation record has in km_endpoint: its slot
+// counts per family and tier, or none when its slots are inline. A record
+// without bpf.RecInline (larger services, and records migrated from layout 1,
+// which had no inline slots) keeps them in km_endpoint.
+func endpointCounts(rec *bpf.SvcRec) [bpf.Families][bpf.MaxTiers]uint32 {
+	if rec.Flags&bpf.RecInline != 0 {
+		return [bpf.Families][bpf.MaxTiers]uint32{}
+	}
+	return rec.Count
 }
 
 func countSlots(c [bpf.Families][bpf.MaxTiers]uint32) int {

@@ -10,7 +10,8 @@ import (
 	"github.com/kmesh-go/kmesh/pkg/bpf"
 )
 
-// retiredGen is a superseded generation of a service: its record and slots.
+// retiredGen is a superseded generation of a service: its record and its
+// km_endpoint slots (count is zero for an inline record).
 type retiredGen struct {
 	svc, gen uint32
 	count    [bpf.Families][bpf.MaxTiers]uint32

@@ -34,12 +34,25 @@ type member struct {
 }
 
 // rendered is one complete generation of a service: its record and slots.
+// A generation of at most bpf.InlineSlots slots has them in the record
+// (rec.Slots, bpf.RecInline) and none in km_endpoint; slots is then empty.
 type rendered struct {
 	rec   bpf.SvcRec
 	slots [bpf.Families][bpf.MaxTiers][]bpf.Slot
-	total int
+	total int // slots in all families and tiers
 	// digest identifies the content, so an unchanged service is not rewritten.
 	digest uint64
+}
+
+// inline reports whether the generation's slots are in its record.
+func (r *rendered) inline() bool { return r.rec.Flags&bpf.RecInline != 0 }
+
+// endpointSlots is how many km_endpoint entries the generation takes.
+func (r *rendered) endpointSlots() int {
+	if r.inline() {
+		return 0
+	}
+	return r.total
 }
 
 func svcObject(key string) string { return fmt.Sprintf("service %q", key) }
@@ -161,8 +174,9 @@ func targetPort(p model.ServicePort, overrides []model.WorkloadPort) uint16 {
 
 // render builds a service's next generation from its members (healthy
 // workloads with an address). Members are ordered by workload id so equal
-// input renders equal output.
-func render(s *model.Service, members []member, node model.Node) (rendered, error) {
+// input renders equal output. A generation of at most inlineMax slots is
+// rendered inline (bpf.InlineSlots; tests set 0 to reach km_endpoint).
+func render(s *model.Service, members []member, node model.Node, inlineMax int) (rendered, error) {
 	var r rendered
 	alg, err := algorithmCode(s.LB.Algorithm)
 	if err != nil {
@@ -210,15 +224,31 @@ func render(s *model.Service, members []member, node model.Node) (rendered, erro
 			r.slots[fam][tier] = append(r.slots[fam][tier], slot)
 		}
 	}
-	h := fnv.New64a()
 	for fam := range r.slots {
 		for tier := range r.slots[fam] {
 			n := len(r.slots[fam][tier])
 			r.rec.Count[fam][tier] = uint32(n)
 			r.rec.Wsum[fam][tier] = uint32(wsum[fam][tier])
 			r.total += n
-			for i := range r.slots[fam][tier] {
-				h.Write(bytesOf(&r.slots[fam][tier][i]))
+		}
+	}
+	h := fnv.New64a()
+	if inlineMax > 0 && r.total <= min(inlineMax, bpf.InlineSlots) {
+		// Family-major, tier-minor, as lib/lb.h's km_inline_off expects.
+		i := 0
+		for fam := range r.slots {
+			for tier := range r.slots[fam] {
+				i += copy(r.rec.Slots[i:], r.slots[fam][tier])
+			}
+		}
+		r.rec.Flags |= bpf.RecInline
+		r.slots = [bpf.Families][bpf.MaxTiers][]bpf.Slot{}
+	} else {
+		for fam := range r.slots {
+			for tier := range r.slots[fam] {
+				for i := range r.slots[fam][tier] {
+					h.Write(bytesOf(&r.slots[fam][tier][i]))
+				}
 			}
 		}
 	}

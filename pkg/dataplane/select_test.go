@@ -106,14 +106,69 @@ func wl(uid string, ip string, svc string, weight uint32, loc model.Locality) mo
 		Locality: loc, Services: map[string][]model.WorkloadPort{svc: nil}}
 }
 
+// activeRec is the active generation record of service key and the number
+// of km_endpoint entries of that generation.
+func activeRec(t testing.TB, dp *Dataplane, key string) (bpf.SvcRec, int) {
+	t.Helper()
+	id, ok := dp.ServiceID(key)
+	if !ok {
+		t.Fatalf("no service %q", key)
+	}
+	var gen uint32
+	if err := dp.Objects().Maps[bpf.MapSvcActive].Lookup(id, &gen); err != nil || gen == 0 {
+		t.Fatalf("service %q (id %d): active generation %d, %v", key, id, gen, err)
+	}
+	var rec bpf.SvcRec
+	if err := dp.Objects().Maps[bpf.MapSvcGen].Lookup(bpf.SvcKey{SvcId: id, Gen: gen}, &rec); err != nil {
+		t.Fatal(err)
+	}
+	// A set: the collector may delete retired entries meanwhile, and a hash
+	// map iteration whose current key goes away starts over (duplicates).
+	keys := map[bpf.SlotKey]bool{}
+	var k bpf.SlotKey
+	var v bpf.Slot
+	it := dp.Objects().Maps[bpf.MapEndpoint].Iterate()
+	for it.Next(&k, &v) {
+		if k.SvcId == id && k.Gen == gen {
+			keys[k] = true
+		}
+	}
+	if err := it.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return rec, len(keys)
+}
+
+// TestSelect runs every selection case twice: with the slots inline in the
+// generation record (the default for services of at most bpf.InlineSlots
+// slots) and with them in km_endpoint (larger services, and records a
+// layout-1 daemon wrote: no inline flag, slots in km_endpoint).
 func TestSelect(t *testing.T) {
 	s := newSelector(t)
+	for _, mode := range []struct {
+		name      string
+		inlineMax int
+	}{{"inline", bpf.InlineSlots}, {"km_endpoint", 0}} {
+		t.Run(mode.name, func(t *testing.T) {
+			s.dp.inlineMax = mode.inlineMax
+			testSelect(t, s, mode.inlineMax > 0)
+		})
+	}
+}
+
+func testSelect(t *testing.T, s *selector, inline bool) {
 	ctx := context.Background()
 	dst := netip.AddrPortFrom(vip4, 80)
 	apply := func(snap *model.Snapshot) {
 		t.Helper()
 		if err := s.dp.Apply(ctx, snap); err != nil {
 			t.Fatal(err)
+		}
+		rec, ext := activeRec(t, s.dp, "s")
+		total := countSlots(rec.Count)
+		wantInline := inline && total <= bpf.InlineSlots
+		if got := rec.Flags&bpf.RecInline != 0; got != wantInline || (wantInline && ext != 0) || (!wantInline && ext != total) {
+			t.Fatalf("%d slots: inline %v with %d in km_endpoint, want inline %v", total, got, ext, wantInline)
 		}
 	}
 	svc := func(lb model.LoadBalancing) model.Service {
@@ -193,6 +248,11 @@ func TestSelect(t *testing.T) {
 			wl("t2", "10.0.0.3", "s", 0, model.Locality{Region: "r", Zone: "y", Subzone: "s"}), // zone differs: subzone match does not count
 			wl("t3", "10.0.0.4", "s", 0, model.Locality{Region: "q"}),
 		}
+		// Dual-stack: an IPv6 pick reads the family's slots after every
+		// IPv4 slot of the record (inline) or its own key (km_endpoint).
+		for i := range ws {
+			ws[i].Addresses = append(ws[i].Addresses, netip.MustParseAddr(fmt.Sprintf("fd00::%d", i+1)))
+		}
 		for _, tc := range []struct {
 			mode    model.LocalityMode
 			healthy []bool
@@ -213,8 +273,12 @@ func TestSelect(t *testing.T) {
 				snap.Workloads = append(snap.Workloads, w)
 			}
 			apply(snap)
-			for i := 0; i < 50; i++ {
-				a := s.pick(dst, int64(i))
+			for i := 0; i < 100; i++ {
+				d := dst
+				if i%2 == 1 {
+					d = netip.AddrPortFrom(vip6, 80)
+				}
+				a := s.pick(d, int64(i))
 				if tc.want == "" {
 					if a.Verdict != verdictRefuse {
 						t.Fatalf("%s %v: verdict %d, want refuse", tc.mode, tc.healthy, a.Verdict)
@@ -222,7 +286,10 @@ func TestSelect(t *testing.T) {
 					continue
 				}
 				if a.Verdict != verdictOK || s.backendOf(a) != tc.want || a.Tier != tc.tier {
-					t.Fatalf("%s %v: picked %s tier %d (verdict %d), want %s tier %d", tc.mode, tc.healthy, s.backendOf(a), a.Tier, a.Verdict, tc.want, tc.tier)
+					t.Fatalf("%s %v %v: picked %s tier %d (verdict %d), want %s tier %d", tc.mode, tc.healthy, d, s.backendOf(a), a.Tier, a.Verdict, tc.want, tc.tier)
+				}
+				if want := snap.Workloads[tc.tier].Addresses[i%2]; addrFrom16(a.OutAddr) != want {
+					t.Fatalf("%s %v %v: address %v, want %v", tc.mode, tc.healthy, d, addrFrom16(a.OutAddr), want)
 				}
 			}
 		}

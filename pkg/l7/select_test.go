@@ -3,6 +3,7 @@ package l7
 import (
 	"context"
 	"encoding/binary"
+	"fmt"
 	"math"
 	"net/netip"
 	"testing"
@@ -188,6 +189,39 @@ func TestClusterSelectionOverL4Maps(t *testing.T) {
 	for i := 0; i < 200; i++ {
 		if a := s.run(objs.KnSelectKnSelectArgs{Cluster: 1, FamFlags: famV4}); pickedAddr(a) != netip.MustParseAddrPort("10.0.0.1:9090") {
 			t.Fatalf("after removing 10.0.0.1:8080: picked %v", pickedAddr(a))
+		}
+	}
+
+	// Clusters of up to 16 slots have them inline in the generation record
+	// (IPv6 after every IPv4 slot), larger ones in km_endpoint: "mid" has
+	// 15 IPv4 endpoints and one IPv6 (16 slots, inline), "big" 20 IPv4 and
+	// one IPv6 (21, km_endpoint). Weighted picks follow the weights either
+	// way and an IPv6 socket gets the IPv6 endpoint.
+	for _, size := range []int{15, 20} {
+		c := model.Cluster{Name: fmt.Sprintf("c%d", size), LB: model.LoadBalancing{Algorithm: model.LBWeighted}}
+		sum := 0
+		for i := 1; i <= size; i++ {
+			c.Endpoints = append(c.Endpoints, ep(fmt.Sprintf("10.0.1.%d:80", i), uint32(i)))
+			sum += i
+		}
+		c.Endpoints = append(c.Endpoints, ep("[fd00::9]:80", 1))
+		s.apply([]model.Cluster{c})
+		counts := map[netip.AddrPort]int{}
+		for i := 0; i < n; i++ {
+			a := s.run(objs.KnSelectKnSelectArgs{Cluster: 1, FamFlags: famV4})
+			if a.Verdict != kmOK {
+				t.Fatalf("%s pick %d: verdict %d", c.Name, i, a.Verdict)
+			}
+			counts[pickedAddr(a)]++
+		}
+		heavy := netip.MustParseAddrPort(fmt.Sprintf("10.0.1.%d:80", size))
+		if share, want := float64(counts[heavy])/n*100, float64(size)/float64(sum)*100; len(counts) > size || math.Abs(share-want) > 2.5 {
+			t.Fatalf("%s: IPv4 picks %v: %v has %.1f%%, want %.1f%% within 2.5 points", c.Name, counts, heavy, share, want)
+		}
+		for i := 0; i < 20; i++ {
+			if a := s.run(objs.KnSelectKnSelectArgs{Cluster: 1, FamFlags: famV6}); a.Verdict != kmOK || pickedAddr(a) != netip.MustParseAddrPort("[fd00::9]:80") {
+				t.Fatalf("%s: IPv6 pick: %d %v", c.Name, a.Verdict, pickedAddr(a))
+			}
 		}
 	}
 }

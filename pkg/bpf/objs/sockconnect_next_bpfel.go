@@ -116,6 +116,7 @@ type SockConnectKmSvcRec struct {
 	Port      [10]uint16
 	Count     [2][8]uint32
 	Wsum      [2][8]uint32
+	Slots     [16]SockConnectKmSlot
 }
 
 type SockConnectKmWpKey struct {

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -260,8 +261,11 @@ func TestRestartAndUpgradeWithoutLoss(t *testing.T) {
 	d = startDaemon(t, next, args...)
 	ready := d.waitLog("dataplane ready", 2*time.Minute)
 	migrated, _ := ready["migrated_maps"].([]any)
-	if ready["previous_layout"] != float64(1) || ready["layout"] != float64(2) || len(migrated) != 1 || migrated[0] != bpf.MapEndpoint {
-		t.Fatalf("upgrade: %v, want layout 1 -> 2 with km_endpoint migrated", ready)
+	// km_slot changed: km_endpoint's values, and km_svc_gen's records, whose
+	// inline slots are km_slots.
+	if ready["previous_layout"] != float64(bpf.LayoutVersion) || ready["layout"] != float64(bpf.LayoutVersion+1) || len(migrated) != 2 ||
+		!slices.Contains(migrated, any(bpf.MapEndpoint)) || !slices.Contains(migrated, any(bpf.MapSvcGen)) {
+		t.Fatalf("upgrade: %v, want layout %d -> %d with km_endpoint and km_svc_gen migrated", ready, bpf.LayoutVersion, bpf.LayoutVersion+1)
 	}
 	d.waitLog("model applied", 2*time.Minute)
 	if got := frontendSvc(t, pinDir, vip, 80); got != svcID {
@@ -290,23 +294,57 @@ func TestRestartAndUpgradeWithoutLoss(t *testing.T) {
 	}
 
 	// State kept: the service's endpoints are all there, now in the new
-	// layout (52-byte slots), and the streams really went through the
-	// same-node sk_msg path.
+	// layout (52-byte slots; 3 endpoints are inline in the generation
+	// record, whose slots follow its 152-byte head), and the streams really
+	// went through the same-node sk_msg path.
+	const nextSlot, recHead = 52, 152
+	le32 := func(b []byte) uint32 { return uint32(b[0]) | uint32(b[1])<<8 | uint32(b[2])<<16 | uint32(b[3])<<24 }
 	ep, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, "maps", bpf.MapEndpoint), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer ep.Close()
-	if info, _ := ep.Info(); info.ValueSize != 52 {
-		t.Fatalf("km_endpoint value size %d after the upgrade, want the layout-next 52", info.ValueSize)
+	if info, _ := ep.Info(); info.ValueSize != nextSlot {
+		t.Fatalf("km_endpoint value size %d after the upgrade, want the layout-next %d", info.ValueSize, nextSlot)
+	}
+	gens, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, "maps", bpf.MapSvcGen), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer gens.Close()
+	if info, _ := gens.Info(); info.ValueSize != recHead+bpf.InlineSlots*nextSlot {
+		t.Fatalf("km_svc_gen value size %d after the upgrade, want the layout-next %d", info.ValueSize, recHead+bpf.InlineSlots*nextSlot)
+	}
+	active, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, "maps", bpf.MapSvcActive), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer active.Close()
+	var gen uint32
+	var rec []byte
+	if err := active.Lookup(svcID, &gen); err != nil {
+		t.Fatal(err)
+	}
+	if err := gens.Lookup(bpf.SvcKey{SvcId: svcID, Gen: gen}, &rec); err != nil {
+		t.Fatal(err)
 	}
 	wls := map[uint32]bool{}
+	if rec[3]&bpf.RecInline == 0 {
+		t.Fatalf("the service's record (3 endpoints) is not inline: flags %#x", rec[3])
+	}
+	total := 0
+	for i := 0; i < 2*bpf.MaxTiers; i++ {
+		total += int(le32(rec[24+4*i:]))
+	}
+	for i := 0; i < total && i < bpf.InlineSlots; i++ {
+		wls[le32(rec[recHead+i*nextSlot:])] = true
+	}
 	var k bpf.SlotKey
 	var val []byte
 	it := ep.Iterate()
 	for it.Next(&k, &val) {
-		if k.SvcId == svcID {
-			wls[uint32(val[0])|uint32(val[1])<<8|uint32(val[2])<<16|uint32(val[3])<<24] = true
+		if k.SvcId == svcID && k.Gen == gen {
+			wls[le32(val)] = true
 		}
 	}
 	if it.Err() != nil || len(wls) != 3 {
