@@ -119,6 +119,38 @@ func attachedCount(t *testing.T, cgroup string, at ebpf.AttachType) int {
 	return len(res.Programs)
 }
 
+// reopenWithOldMap replaces the pinned map spec.Name by one of spec's (older)
+// layout, filled by fill, as a previous build would have left it, and opens
+// the dataplane objects again: Open must migrate that map and only that one.
+// The objects are closed when the test ends.
+func reopenWithOldMap(t *testing.T, opts bpf.Options, spec *ebpf.MapSpec, fill func(*ebpf.Map) error) *bpf.Objects {
+	t.Helper()
+	path := filepath.Join(opts.PinDir, "maps", spec.Name)
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	om, err := ebpf.NewMap(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer om.Close()
+	if err := fill(om); err != nil {
+		t.Fatal(err)
+	}
+	if err := om.Pin(path); err != nil {
+		t.Fatal(err)
+	}
+	o, err := bpf.Open(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { o.Close() })
+	if !slices.Equal(o.Adoption.Migrated, []string{spec.Name}) {
+		t.Fatalf("migrated %v, want only %s", o.Adoption.Migrated, spec.Name)
+	}
+	return o
+}
+
 // TestMigratesChangedLayout pins a km_endpoint with an older value layout
 // (fields in another order, no addr and flags) and entries, as a previous
 // build would have left it. Open must migrate the entries field by field
@@ -145,39 +177,22 @@ func TestMigratesChangedLayout(t *testing.T) {
 		m("svc_id", u32, 0), m("gen", u32, 4), m("family", u8, 8), m("tier", u8, 9), m("pad", u16, 10), m("idx", u32, 12)}}
 	old := &btf.Struct{Name: "km_slot", Size: 28, Members: []btf.Member{
 		m("cum_weight", u32, 0), m("workload_id", u32, 4), m("target", &btf.Array{Index: u32, Type: u16, Nelems: 10}, 8)}}
-	path := filepath.Join(opts.PinDir, "maps", bpf.MapEndpoint)
-	if err := os.Remove(path); err != nil {
-		t.Fatal(err)
-	}
-	om, err := ebpf.NewMap(&ebpf.MapSpec{Name: bpf.MapEndpoint, Type: ebpf.Hash, KeySize: 16, ValueSize: 28, MaxEntries: 1000,
-		Flags: unix.BPF_F_NO_PREALLOC, Key: key, Value: old})
-	if err != nil {
-		t.Fatal(err)
-	}
 	type oldSlot struct {
 		Cum, Workload uint32
 		Target        [10]uint16
 	}
-	for i := uint32(0); i < 100; i++ {
-		v := oldSlot{Cum: i + 1, Workload: 1000 + i}
-		v.Target[0], v.Target[9] = uint16(i), 0xabcd
-		if err := om.Put(bpf.SlotKey{SvcId: 7, Gen: 3, Idx: i}, v); err != nil {
-			t.Fatal(err)
+	o = reopenWithOldMap(t, opts, &ebpf.MapSpec{Name: bpf.MapEndpoint, Type: ebpf.Hash, KeySize: 16, ValueSize: 28,
+		MaxEntries: 1000, Flags: unix.BPF_F_NO_PREALLOC, Key: key, Value: old}, func(om *ebpf.Map) error {
+		for i := uint32(0); i < 100; i++ {
+			v := oldSlot{Cum: i + 1, Workload: 1000 + i}
+			v.Target[0], v.Target[9] = uint16(i), 0xabcd
+			if err := om.Put(bpf.SlotKey{SvcId: 7, Gen: 3, Idx: i}, v); err != nil {
+				return err
+			}
 		}
-	}
-	if err := om.Pin(path); err != nil {
-		t.Fatal(err)
-	}
-	om.Close()
-
-	o, err = bpf.Open(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer o.Close()
-	if !slices.Equal(o.Adoption.Migrated, []string{bpf.MapEndpoint}) {
-		t.Fatalf("migrated %v, want only %s", o.Adoption.Migrated, bpf.MapEndpoint)
-	}
+		return nil
+	})
+	path := filepath.Join(opts.PinDir, "maps", bpf.MapEndpoint)
 	if mapID(t, o.Maps[bpf.MapFrontend]) != frontendID {
 		t.Fatal("an unchanged map was replaced")
 	}
@@ -232,41 +247,23 @@ func TestMigratesLayout1SvcGen(t *testing.T) {
 	old := &btf.Struct{Name: "km_svc_rec", Size: 152, Members: []btf.Member{
 		m("algorithm", u8, 0), m("locality", u8, 1), m("nports", u8, 2), m("flags", u8, 3),
 		m("port", &btf.Array{Index: idx, Type: u16, Nelems: 10}, 4), m("count", tiers, 24), m("wsum", tiers, 88)}}
-	path := filepath.Join(opts.PinDir, "maps", bpf.MapSvcGen)
-	if err := os.Remove(path); err != nil {
-		t.Fatal(err)
-	}
-	om, err := ebpf.NewMap(&ebpf.MapSpec{Name: bpf.MapSvcGen, Type: ebpf.Hash, KeySize: 8, ValueSize: 152, MaxEntries: 131072,
-		Flags: unix.BPF_F_NO_PREALLOC, Key: key, Value: old})
-	if err != nil {
-		t.Fatal(err)
-	}
 	type oldRec struct {
 		Alg, Loc, Nports, Flags uint8
 		Port                    [10]uint16
 		Count, Wsum             [2][8]uint32
 	}
-	for i := uint32(1); i <= 50; i++ {
-		v := oldRec{Alg: bpf.AlgWeighted, Loc: bpf.LocFailover, Nports: 2}
-		v.Port[0], v.Port[1] = 0x5000, uint16(i)
-		v.Count[0][1], v.Count[1][0], v.Wsum[0][1], v.Wsum[1][7] = 3, 17, 30, 1000+i
-		if err := om.Put(bpf.SvcKey{SvcId: i, Gen: 2}, v); err != nil {
-			t.Fatal(err)
+	o = reopenWithOldMap(t, opts, &ebpf.MapSpec{Name: bpf.MapSvcGen, Type: ebpf.Hash, KeySize: 8, ValueSize: 152,
+		MaxEntries: 131072, Flags: unix.BPF_F_NO_PREALLOC, Key: key, Value: old}, func(om *ebpf.Map) error {
+		for i := uint32(1); i <= 50; i++ {
+			v := oldRec{Alg: bpf.AlgWeighted, Loc: bpf.LocFailover, Nports: 2}
+			v.Port[0], v.Port[1] = 0x5000, uint16(i)
+			v.Count[0][1], v.Count[1][0], v.Wsum[0][1], v.Wsum[1][7] = 3, 17, 30, 1000+i
+			if err := om.Put(bpf.SvcKey{SvcId: i, Gen: 2}, v); err != nil {
+				return err
+			}
 		}
-	}
-	if err := om.Pin(path); err != nil {
-		t.Fatal(err)
-	}
-	om.Close()
-
-	o, err = bpf.Open(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer o.Close()
-	if !slices.Equal(o.Adoption.Migrated, []string{bpf.MapSvcGen}) {
-		t.Fatalf("migrated %v, want only %s", o.Adoption.Migrated, bpf.MapSvcGen)
-	}
+		return nil
+	})
 	n := 0
 	var k bpf.SvcKey
 	var v bpf.SvcRec
